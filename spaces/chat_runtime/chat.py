@@ -1,0 +1,99 @@
+"""ChatService: one reply to one conversation, validated, trimmed to the context, streamed,
+bounded in concurrency and cancellable. Apps call `reply`; they never touch the engine."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import limits
+from .engines import Engine, load_engine
+from .params import GenerationParams
+from .spec import ModelSpec, from_env
+from .templating import Message, normalize_history, trim_to_budget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reply:
+    """The reply so far, and how many earlier messages were left out to fit the context."""
+
+    text: str
+    dropped_messages: int = 0
+
+
+class ChatService:
+    """Formats, trims and streams replies from one engine."""
+
+    def __init__(self, engine: Engine, max_concurrent: int = limits.MAX_CONCURRENT_GENERATIONS):
+        self.engine = engine
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._active = 0
+        self._active_lock = threading.Lock()
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec | None = None) -> "ChatService":
+        """Load the model a spec (default: the FINCH_* environment) describes."""
+        return cls(load_engine(spec or from_env()))
+
+    @property
+    def active(self) -> int:
+        """Generations running right now (a cancelled one leaves within a token)."""
+        return self._active
+
+    def check_message(self, message: object) -> str:
+        """The message, stripped, or ValueError saying what to change (empty, too long)."""
+        if not isinstance(message, str):
+            raise ValueError("message must be text")
+        message = message.strip()
+        if not message:
+            raise ValueError("Type a message first: an empty message has nothing to answer.")
+        if len(message) > limits.MAX_MESSAGE_CHARS:
+            raise ValueError(
+                f"Your message has {len(message):,} characters; the limit is {limits.MAX_MESSAGE_CHARS:,}. "
+                "Shorten it or split it over several messages."
+            )
+        return message
+
+    def build_messages(self, message: str, history: object, system_prompt: str | None) -> list[Message]:
+        """The conversation to send: system prompt, earlier turns, the new user message."""
+        message = self.check_message(message)
+        turns = [m for m in normalize_history(history) if m["role"] != "system"]
+        system = (system_prompt or "").strip()
+        return ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": message}]
+
+    def reply(
+        self, message: str, history: object, system_prompt: str | None, params: GenerationParams
+    ) -> Iterator[Reply]:
+        """Stream the reply to `message`. Raises ValueError (before any text) for bad input.
+
+        Closing the iterator (a Stop button, a closed tab) cancels generation within one token.
+        """
+        messages = self.build_messages(message, history, system_prompt)
+        budget = self.engine.context_tokens - params.max_new_tokens
+        if budget < 1:
+            raise ValueError(
+                f"max new tokens ({params.max_new_tokens}) leaves no room for the prompt in this model's "
+                f"{self.engine.context_tokens}-token context; lower it."
+            )
+        messages, dropped = trim_to_budget(messages, lambda m: len(self.engine.encode_chat(m)), budget)
+        if dropped:
+            log.info("trimmed %d earlier messages to fit the context", dropped)
+        prompt_ids = self.engine.encode_chat(messages)
+        cancel = threading.Event()
+        with self._slots:
+            with self._active_lock:
+                self._active += 1
+            text = ""
+            try:
+                yield Reply("", dropped)
+                for piece in self.engine.stream(prompt_ids, params, cancel):
+                    text += piece
+                    yield Reply(text, dropped)
+            finally:
+                cancel.set()
+                with self._active_lock:
+                    self._active -= 1

@@ -1,0 +1,27 @@
+"""Engines by name: a small table, so the backend choice lives in one place."""
+
+from __future__ import annotations
+
+from ..spec import ModelSpec
+from .base import Engine
+
+
+def _transformers(spec: ModelSpec) -> Engine:
+    from .transformers_engine import TransformersEngine
+
+    return TransformersEngine(spec)
+
+
+def _llamacpp(spec: ModelSpec) -> Engine:
+    from .llamacpp_engine import LlamaCppEngine
+
+    return LlamaCppEngine(spec)
+
+
+ENGINES = {"transformers": _transformers, "llamacpp": _llamacpp}
+
+
+def load_engine(spec: ModelSpec) -> Engine:
+    """Load the engine a (resolved) spec names."""
+    spec = spec.resolved()
+    return ENGINES[spec.engine](spec)

@@ -1,0 +1,112 @@
+"""llama.cpp engine (llama-cpp-python): a GGUF file on CPU, the embedded default's engine.
+
+The prompt is rendered from the GGUF's own `tokenizer.chat_template` by the shared templating
+module and passed as token ids, so llama-cpp-python's chat-format guessing (which falls back to a
+llama-2 format when a GGUF has no template) is never involved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .. import limits
+from ..params import GenerationParams
+from ..spec import ModelSpec
+from ..templating import Message, render
+
+log = logging.getLogger(__name__)
+
+
+def resolve_gguf(source: str) -> str:
+    """A local GGUF path, or `owner/repo/file.gguf` downloaded from the Hub into its cache."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return str(path)
+    parts = source.split("/")
+    if len(parts) >= 3 and source.endswith(".gguf") and not path.is_absolute():
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+    raise FileNotFoundError(f"GGUF {source!r} not found: give a local .gguf path or `owner/repo/file.gguf` on the Hub")
+
+
+def check_gguf_header(path: str) -> None:
+    """Fail with a clear message for a file that is not a whole GGUF (llama.cpp only says 'failed')."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}); re-download or re-export it")
+
+
+class LlamaCppEngine:
+    """One llama.cpp context; generations take turns on it (it is not thread-safe)."""
+
+    name = "llamacpp"
+
+    def __init__(self, spec: ModelSpec):
+        from llama_cpp import Llama
+
+        path = resolve_gguf(spec.gguf)
+        check_gguf_header(path)
+        lora = resolve_gguf(spec.gguf_lora) if spec.gguf_lora else None
+        probe_ctx = limits.CONTEXT_TOKENS or limits.DEFAULT_CONTEXT_CAP
+        try:
+            self.llm = Llama(
+                model_path=path,
+                lora_path=lora,
+                n_ctx=probe_ctx,
+                n_threads=int(os.environ.get("FINCH_THREADS", "0")) or None,
+                verbose=False,
+            )
+        except ValueError as err:
+            raise ValueError(f"llama.cpp could not load {path}: the file may be truncated or corrupt ({err})") from None
+        meta = self.llm.metadata
+        trained = int(meta.get(f"{meta.get('general.architecture', 'llama')}.context_length", probe_ctx))
+        self.context_tokens = probe_ctx if limits.CONTEXT_TOKENS else min(probe_ctx, trained)
+        self.template = self.llm.metadata.get("tokenizer.chat_template")
+        self.special_tokens = {
+            "bos_token": self._token_text(self.llm.token_bos()),
+            "eos_token": self._token_text(self.llm.token_eos()),
+        }
+        self._lock = threading.Lock()
+        self.label = f"{spec.label} · llama.cpp · CPU"
+        # Refuse a template-less GGUF now rather than at the first message.
+        render(self.template, [{"role": "user", "content": "hi"}], add_generation_prompt=True, special_tokens=self.special_tokens)
+
+    def _token_text(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids by the GGUF's chat template (specials are in the text, none added)."""
+        text = render(self.template, messages, add_generation_prompt=add_generation_prompt, special_tokens=self.special_tokens)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def stream(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
+        """Yield text as llama.cpp decodes it; checks `cancel` between tokens."""
+        with self._lock:
+            # Evaluate the whole prompt afresh: reusing the previous reply's KV prefix re-evaluates
+            # only the last token, in a batch of one, whose slightly different numerics can flip a
+            # greedy choice, so temperature 0 would not repeat itself.
+            self.llm.reset()
+            chunks = self.llm.create_completion(
+                prompt=prompt_ids,
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0,  # same sampler as the transformers engine: temperature + top-p only
+                repeat_penalty=params.repetition_penalty,
+                stream=True,
+            )
+            try:
+                for chunk in chunks:
+                    if cancel.is_set():
+                        break
+                    text = chunk["choices"][0]["text"]
+                    if text:
+                        yield text
+            finally:
+                chunks.close()

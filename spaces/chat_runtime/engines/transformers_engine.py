@@ -1,0 +1,149 @@
+"""transformers (+ peft adapter) engine: the GPU Space's engine, and a CPU fallback.
+
+Dtype by device: fp32 on CPU; on CUDA bf16 only where the hardware has it (compute capability 8+),
+else fp16 (a T4 reports bf16 support through emulation but runs it slowly and badly); optional
+4-bit NF4 through bitsandbytes with fp16 compute on a T4.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+
+from .. import limits
+from ..params import GenerationParams
+from ..spec import ModelSpec
+from ..templating import Message, render
+
+log = logging.getLogger(__name__)
+
+
+def pick_dtype_name(device: str, capability: tuple[int, int] | None) -> str:
+    """torch dtype name for a device: float32 on CPU, bfloat16 on Ampere+, float16 on older GPUs."""
+    if device == "cpu":
+        return "float32"
+    return "bfloat16" if capability and capability >= (8, 0) else "float16"
+
+
+def bnb_config(compute_dtype_name: str):
+    """4-bit NF4 quantization settings with double quantization (QLoRA's recipe)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype_name),
+    )
+
+
+class TransformersEngine:
+    """Base model (+ LoRA adapter through peft) generating with `model.generate` in a worker thread."""
+
+    name = "transformers"
+
+    def __init__(self, spec: ModelSpec):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        capability = torch.cuda.get_device_capability() if self.device == "cuda" else None
+        dtype_name = pick_dtype_name(self.device, capability)
+        if spec.load_in_4bit and self.device != "cuda":
+            raise ValueError("4-bit loading (FINCH_LOAD_IN_4BIT) needs a CUDA GPU; unset it to run on CPU")
+        kwargs = dict(dtype=getattr(torch, dtype_name), use_safetensors=True, trust_remote_code=spec.trust_remote_code)
+        if spec.load_in_4bit:
+            kwargs.update(quantization_config=bnb_config(dtype_name), device_map={"": 0})
+        log.info("loading %s (%s, %s)", spec.base, self.device, "4-bit" if spec.load_in_4bit else dtype_name)
+        model = AutoModelForCausalLM.from_pretrained(spec.base, **kwargs)
+        # The adapter folder carries the tokenizer and chat template it was trained with.
+        tokenizer_source = spec.adapter if spec.adapter and _has_tokenizer(spec.adapter) else spec.base
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=spec.trust_remote_code)
+        if spec.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, spec.adapter)
+        if not spec.load_in_4bit:
+            model = model.to(self.device)
+        self.model = model.eval()
+        self.generation_config = model.generation_config
+        context = getattr(model.config, "max_position_embeddings", None) or limits.DEFAULT_CONTEXT_CAP
+        self.context_tokens = limits.CONTEXT_TOKENS or min(context, limits.DEFAULT_CONTEXT_CAP)
+        quant = "4-bit" if spec.load_in_4bit else dtype_name
+        self.label = f"{spec.label} · transformers · {self.device} {quant}"
+
+    def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids by the tokenizer's chat template (specials are in the text, none added)."""
+        text = render(
+            self.tokenizer.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=self.tokenizer.special_tokens_map,
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def stream(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
+        """Run `generate` in a thread and yield decoded text as it arrives; `cancel` stops it."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):  # checked after every token
+                return cancel.is_set()
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = (
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if params.greedy
+            else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        )
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.generation_config.eos_token_id
+        kwargs = dict(
+            input_ids=torch.tensor([prompt_ids], device=self.model.device),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=self.model.device),
+            max_new_tokens=params.max_new_tokens,
+            repetition_penalty=params.repetition_penalty,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+            pad_token_id=pad,
+            **sampling,
+        )
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as err:  # surfaced in the consumer's thread below
+                errors.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="finch-generate", daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if cancel.is_set():
+                    break
+                if piece:
+                    yield piece
+        finally:
+            cancel.set()
+            worker.join()
+        if errors:
+            raise errors[0]
+
+
+def _has_tokenizer(source: str) -> bool:
+    from pathlib import Path
+
+    path = Path(source)
+    if path.is_dir():
+        return (path / "tokenizer_config.json").is_file()
+    try:
+        from huggingface_hub import file_exists
+
+        return file_exists(source, "tokenizer_config.json")
+    except Exception:
+        return False

@@ -1,0 +1,45 @@
+"""Named limits, each overridable by an environment variable (a Space sets them as variables)."""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number; unset it or set e.g. {name}={default}") from None
+    if value < 1:
+        raise ValueError(f"{name}={value} must be at least 1")
+    return value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number; unset it or set e.g. {name}={default}") from None
+
+
+# Longest message accepted from a user, in characters (longer ones are refused with a message).
+MAX_MESSAGE_CHARS = _env_int("FINCH_MAX_MESSAGE_CHARS", 20_000)
+# Upper bound of the max-new-tokens slider and of the API parameter.
+MAX_NEW_TOKENS_LIMIT = _env_int("FINCH_MAX_NEW_TOKENS_LIMIT", 2048)
+# Default reply length: short enough for a CPU, long enough for a real answer.
+DEFAULT_MAX_NEW_TOKENS = min(_env_int("FINCH_DEFAULT_MAX_NEW_TOKENS", 256), MAX_NEW_TOKENS_LIMIT)
+# Context window used for prompt + reply; 0 means "the model's own, capped at 4096".
+CONTEXT_TOKENS = int(os.environ.get("FINCH_CONTEXT_TOKENS", "0") or 0)
+DEFAULT_CONTEXT_CAP = 4096
+# Generations running at once; more wait in the queue. llama.cpp runs one context, so 1 there.
+MAX_CONCURRENT_GENERATIONS = _env_int("FINCH_MAX_CONCURRENT", 1)
+# Requests waiting in the app's queue; beyond this a client is told the app is busy.
+QUEUE_SIZE = _env_int("FINCH_QUEUE_SIZE", 16)
+# Seconds a cancelled generation may take to notice the cancel (it checks once per token).
+CANCEL_GRACE_SECONDS = _env_float("FINCH_CANCEL_GRACE_SECONDS", 1.0)

@@ -1,0 +1,73 @@
+"""Generation parameters: defaults, ranges and validation shared by every engine and app."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from . import limits
+
+# (minimum, maximum) of each parameter; the apps build their sliders from this table.
+RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.05, 1.0),
+    "max_new_tokens": (1, limits.MAX_NEW_TOKENS_LIMIT),
+    "repetition_penalty": (1.0, 2.0),
+}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings for one reply. temperature 0 means greedy (deterministic) decoding."""
+
+    temperature: float = 0.3  # small models ramble when sampled hot
+    top_p: float = 0.9
+    max_new_tokens: int = limits.DEFAULT_MAX_NEW_TOKENS
+    repetition_penalty: float = 1.1
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+DEFAULTS = GenerationParams()
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {value!r}") from None
+        else:
+            raise ValueError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
+def validate(**values: object) -> GenerationParams:
+    """Build GenerationParams from raw values (slider or API); raise ValueError saying what to fix.
+
+    None means "use the default". Values outside their range are refused, not clamped, so an API
+    caller learns the real limits instead of silently getting something else.
+    """
+    names = {f.name for f in fields(GenerationParams)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    clean: dict[str, float | int] = {}
+    for name, raw in values.items():
+        if raw is None:
+            continue
+        number = _number(name, raw)
+        low, high = RANGES[name]
+        if name == "max_new_tokens":
+            if number != int(number):
+                raise ValueError(f"max_new_tokens must be a whole number, got {raw}")
+            number = int(number)
+        if not low <= number <= high:
+            raise ValueError(f"{name} must be between {low:g} and {high:g}, got {raw}")
+        clean[name] = number
+    return GenerationParams(**clean)

@@ -1,0 +1,109 @@
+"""What to load: a base model (+ optional LoRA adapter) for transformers, or a GGUF for llama.cpp.
+
+On a Space the spec comes from environment variables (set by the deploy command):
+  FINCH_ENGINE        auto | transformers | llamacpp   (auto: a GGUF -> llamacpp, else transformers)
+  FINCH_MODEL         base model: Hub id or local folder (read from the adapter when unset)
+  FINCH_ADAPTER       LoRA adapter: Hub id or local folder
+  FINCH_GGUF          GGUF file: local path, or `owner/repo/file.gguf` on the Hub
+  FINCH_GGUF_LORA     optional LoRA GGUF loaded beside FINCH_GGUF
+  FINCH_LOAD_IN_4BIT  1 to load the base in 4-bit (bitsandbytes; CUDA only)
+  FINCH_TRUST_REMOTE_CODE  1 to run a model repo's own code (off unless you ask)
+With none of them set, the embedded SmolLM2-135M-Instruct GGUF runs on llama.cpp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import embedded
+
+ENGINE_NAMES = ("transformers", "llamacpp")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve. Exactly one of (base and/or adapter) or gguf is set."""
+
+    engine: str = "auto"
+    base: str | None = None
+    adapter: str | None = None
+    gguf: str | None = None
+    gguf_lora: str | None = None
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+
+    def resolved(self) -> "ModelSpec":
+        """Fill in the engine and the base model; raise ValueError for an impossible spec."""
+        spec = self
+        if not (spec.base or spec.adapter or spec.gguf):
+            spec = replace(spec, gguf=str(embedded.gguf_path()))
+        if spec.gguf and (spec.base or spec.adapter):
+            raise ValueError(
+                "Set either a GGUF (FINCH_GGUF) or a base model/adapter (FINCH_MODEL/FINCH_ADAPTER), not both. "
+                "To serve a fine-tune on llama.cpp, export it with gguf/export.py first."
+            )
+        engine = spec.engine
+        if engine == "auto":
+            engine = "llamacpp" if spec.gguf else "transformers"
+        if engine not in ENGINE_NAMES:
+            raise ValueError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINE_NAMES)}")
+        if engine == "llamacpp" and not spec.gguf:
+            raise ValueError("the llamacpp engine runs a GGUF file: set FINCH_GGUF (or use FINCH_ENGINE=transformers)")
+        if engine == "transformers" and spec.gguf:
+            raise ValueError("the transformers engine needs FINCH_MODEL/FINCH_ADAPTER, not a GGUF; use FINCH_ENGINE=llamacpp")
+        if spec.load_in_4bit and engine != "transformers":
+            raise ValueError("FINCH_LOAD_IN_4BIT applies to the transformers engine only (a GGUF is quantized already)")
+        base = spec.base or (base_of_adapter(spec.adapter) if spec.adapter else None)
+        return replace(spec, engine=engine, base=base)
+
+    @property
+    def label(self) -> str:
+        """A short human name for the page: model, adapter and engine."""
+        if self.gguf:
+            name = Path(self.gguf).name
+            return f"{name}" + (f" + LoRA {Path(self.gguf_lora).name}" if self.gguf_lora else "")
+        return f"{self.base}" + (f" + adapter {self.adapter}" if self.adapter else "")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def from_env() -> ModelSpec:
+    """The spec described by FINCH_* environment variables (see the module docstring)."""
+    get = lambda name: (os.environ.get(name) or "").strip() or None  # noqa: E731
+    return ModelSpec(
+        engine=get("FINCH_ENGINE") or "auto",
+        base=get("FINCH_MODEL"),
+        adapter=get("FINCH_ADAPTER"),
+        gguf=get("FINCH_GGUF"),
+        gguf_lora=get("FINCH_GGUF_LORA"),
+        load_in_4bit=_flag("FINCH_LOAD_IN_4BIT"),
+        trust_remote_code=_flag("FINCH_TRUST_REMOTE_CODE"),
+    )
+
+
+def base_of_adapter(adapter: str) -> str:
+    """The base model an adapter was trained on, from its own adapter_config.json."""
+    local = Path(adapter).expanduser()
+    if local.is_dir():
+        config_file = local / "adapter_config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{adapter} has no adapter_config.json: is it a LoRA adapter folder?")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = Path(hf_hub_download(adapter, "adapter_config.json"))
+        except Exception as err:  # offline, private, or not an adapter: say which and what to do
+            raise ValueError(
+                f"could not read adapter_config.json of {adapter!r} from the Hub ({type(err).__name__}). "
+                "Check the id and your network, log in for a private repo (HF_TOKEN), or pass a local folder."
+            ) from None
+    base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter}'s adapter_config.json names no base model: set FINCH_MODEL (or --model)")
+    return base

@@ -1,0 +1,116 @@
+"""The one chat-formatting module: messages -> prompt text by the model's own chat template.
+
+Both engines and the trainer render through `render`, which is transformers' own Jinja renderer
+(the code behind `tokenizer.apply_chat_template`), so a conversation becomes the same text, and
+the same token ids, in training, on a Space and in a GGUF. A model without a template is refused:
+a silent fallback format is how fine-tunes drift between training and serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+ROLES = ("system", "user", "assistant")
+Message = dict[str, str]
+
+
+def render(
+    template: str | None,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool,
+    special_tokens: dict[str, str] | None = None,
+) -> str:
+    """Render messages with a chat template exactly as `tokenizer.apply_chat_template` would."""
+    if not template:
+        raise ValueError(
+            "this model carries no chat template (tokenizer_config / GGUF `tokenizer.chat_template`); "
+            "use an instruct model, or export the GGUF with gguf/export.py, which writes the template in"
+        )
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(
+        conversations=[list(messages)],
+        chat_template=template,
+        add_generation_prompt=add_generation_prompt,
+        **(special_tokens or {}),
+    )
+    return rendered[0]
+
+
+def _text_of(content: object) -> str:
+    """Text of a message's content: a string, or Gradio's list of content blocks."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    if isinstance(content, (list, tuple)):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type", "text") == "text" and isinstance(block.get("text"), str):
+                parts.append(block["text"])
+            elif isinstance(block, dict) and "text" not in block:
+                continue  # a file or image block: this product's models read text only
+            else:
+                raise ValueError(f"unsupported message content block: {str(block)[:80]!r}")
+        return "".join(parts)
+    raise ValueError(f"message content must be text, got {type(content).__name__}")
+
+
+def normalize_history(history: object) -> list[Message]:
+    """Turn a chat history (Gradio 'messages' format, or role/content dicts) into plain messages.
+
+    Raise ValueError, saying what is wrong, for anything that is not a list of role/content turns.
+    """
+    if history is None:
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise ValueError("history must be a list of {'role': ..., 'content': ...} messages")
+    messages: list[Message] = []
+    for i, item in enumerate(history):
+        if not isinstance(item, dict) or "role" not in item:
+            raise ValueError(f"history item {i} must be a dict with 'role' and 'content', got {str(item)[:80]!r}")
+        role = item["role"]
+        if isinstance(item.get("metadata"), dict) and item["metadata"].get("title"):
+            continue  # a UI notice or "thought" block shown beside the chat, not a turn of it
+        if role not in ROLES:
+            raise ValueError(f"history item {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+        text = _text_of(item.get("content"))
+        if messages and messages[-1]["role"] == role and role != "system":
+            messages[-1] = {"role": role, "content": messages[-1]["content"] + "\n" + text}  # Gradio splits long turns
+        else:
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def trim_to_budget(
+    messages: list[Message], count_tokens: Callable[[list[Message]], int], budget: int
+) -> tuple[list[Message], int]:
+    """Drop the oldest whole turns until the prompt fits `budget` tokens.
+
+    The system prompt and the last user message are always kept. Returns the trimmed messages and
+    how many messages were dropped; raises ValueError when even system + last message do not fit.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    dropped = 0
+    while True:
+        candidate = system + turns
+        used = count_tokens(candidate)
+        if used <= budget:
+            return candidate, dropped
+        if len(turns) <= 1:
+            raise ValueError(
+                f"the message is too long for this model: the prompt needs {used} tokens and the context leaves "
+                f"{budget} after the reply. Shorten the message or the system prompt, or lower max new tokens."
+            )
+        # Drop up to the next user turn so the conversation still starts with the user.
+        cut = 1
+        while cut < len(turns) - 1 and turns[cut]["role"] != "user":
+            cut += 1
+        dropped += cut
+        turns = turns[cut:]

@@ -1,0 +1,1 @@
+"""Assemble a Space bundle (app + runtime) and deploy it with huggingface_hub."""

@@ -1,0 +1,38 @@
+"""Create or update a Space on the Hub, upload a bundle, ask for hardware, set variables."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+
+log = logging.getLogger(__name__)
+
+
+def token_or_fail() -> str:
+    """The Hub token from HF_TOKEN or `hf auth login`; never printed."""
+    token = get_token()
+    if not token:
+        raise SystemExit("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then deploy again.")
+    return token
+
+
+def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str], private: bool) -> str:
+    """Upload `bundle` to the Space `space_id` and configure it; return the Space's URL."""
+    api = HfApi(token=token_or_fail())
+    try:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(bundle), repo_id=space_id, repo_type="space",
+                          commit_message="Deploy with Finch")
+        for key, value in variables.items():
+            api.add_space_variable(space_id, key, value)
+        if hardware:
+            api.request_space_hardware(space_id, hardware)
+    except Exception as err:  # network, auth, quota: say what failed without echoing request headers
+        raise SystemExit(
+            f"Deploying to {space_id} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}. "
+            "Check your network, that the token can write to this namespace, and the hardware name. "
+            "The bundle is complete; deploy again to retry."
+        ) from None
+    return f"https://huggingface.co/spaces/{space_id}"

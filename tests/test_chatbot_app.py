@@ -1,0 +1,184 @@
+"""The chatbot in a real browser (Debian's chromium via Playwright), on the embedded model.
+
+The app runs in this process, built exactly as `python chatbot_app/app.py` builds it, so the
+tests can also look at the runtime: that Stop really ends generation, and what the model saw.
+"""
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+BOT = "[data-testid=bot]"
+CHAT_INPUT = "#chat-input textarea"
+
+
+def open_chat(page, url):
+    page.goto(url)
+    page.locator(CHAT_INPUT).wait_for()
+
+
+def set_setting(page, label, value):
+    """Open the Settings accordion (once) and type a value into a slider's number box."""
+    box = page.get_by_label(f"number input for {label}")
+    if not box.is_visible():
+        page.get_by_text("Generation settings", exact=True).click()
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def send(page, text):
+    box = page.locator(CHAT_INPUT)
+    box.fill(text)
+    box.press("Enter")
+
+
+def wait_idle(page, timeout=90_000):
+    """Wait until the reply has finished streaming (the submit button is back)."""
+    page.locator("button.submit-button").wait_for(state="visible", timeout=timeout)
+
+
+def last_bot_text(page):
+    bots = page.locator(BOT)
+    return bots.nth(bots.count() - 1).inner_text() if bots.count() else ""
+
+
+def test_a_reply_streams_into_the_page(chatbot, page):
+    module, url = chatbot
+    open_chat(page, url)
+    assert module.service.engine.label in page.content()
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 120)
+    send(page, "Write three sentences about the ocean.")
+    page.locator(BOT).first.wait_for()
+    seen = set()
+    deadline = time.time() + 90
+    while page.locator("button.submit-button").is_hidden() and time.time() < deadline:
+        seen.add(last_bot_text(page))
+        time.sleep(0.05)
+    wait_idle(page)
+    final = last_bot_text(page)
+    assert len(final.split()) >= 8
+    partials = {s for s in seen if s and s != final}
+    assert len(partials) >= 2, "the reply should appear piece by piece, not all at once"
+
+
+def test_max_new_tokens_caps_the_reply(chatbot, page):
+    module, url = chatbot
+    open_chat(page, url)
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 5)
+    send(page, "Write a long story about a dragon.")
+    page.locator(BOT).first.wait_for()
+    wait_idle(page)
+    ids = module.service.engine.llm.tokenize(last_bot_text(page).encode(), add_bos=False)
+    assert 1 <= len(ids) <= 6
+
+
+def test_temperature_zero_repeats_itself_exactly_on_retry(chatbot, page, monkeypatch):
+    module, url = chatbot
+    engine = module.service.engine
+    calls = []
+    real_stream = engine.stream
+    monkeypatch.setattr(engine, "stream", lambda ids, p, c: (calls.append((ids, p)), real_stream(ids, p, c))[1])
+    open_chat(page, url)
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 40)
+    send(page, "Give me one tip for learning a language.")
+    page.locator(BOT).first.wait_for()
+    wait_idle(page)
+    first = last_bot_text(page)
+    page.get_by_label("Retry").click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert page.locator(BOT).count() == 1
+    assert len(calls) == 2 and calls[0] == calls[1] and calls[0][1].temperature == 0
+    assert last_bot_text(page) == first and first.strip()
+
+
+def test_stop_halts_a_long_reply_and_frees_the_model(chatbot, page):
+    module, url = chatbot
+    open_chat(page, url)
+    set_setting(page, "Temperature", 1)
+    set_setting(page, "Max new tokens", 2000)
+    send(page, "Write a very long story about a dragon and a knight, with many chapters.")
+    page.locator(BOT).first.wait_for()
+    page.wait_for_function("() => document.querySelector('[data-testid=bot]')?.innerText.length > 40")
+    page.locator("button.stop-button").click()
+    stopped = time.monotonic()
+    while module.service.active and time.monotonic() - stopped < 3:
+        time.sleep(0.02)
+    assert module.service.active == 0 and time.monotonic() - stopped < 1.0
+    wait_idle(page, timeout=5000)
+    text = last_bot_text(page)
+    page.wait_for_timeout(1000)
+    assert last_bot_text(page) == text, "no more text after Stop"
+    # The model is free: the next message is answered at once.
+    set_setting(page, "Max new tokens", 8)
+    send(page, "Hi!")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 2")
+    wait_idle(page, timeout=20_000)
+
+
+def test_undo_and_clear(chatbot, page):
+    _, url = chatbot
+    open_chat(page, url)
+    set_setting(page, "Max new tokens", 8)
+    for text in ("Hello!", "How are you?"):
+        send(page, text)
+        page.wait_for_timeout(200)
+        wait_idle(page)
+    assert page.locator(BOT).count() == 2
+    page.get_by_label("Undo").last.click()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 1")
+    page.get_by_label("Clear").click()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 0")
+
+
+def test_a_conversation_longer_than_the_context_is_answered_with_the_system_prompt_kept(chatbot, page, monkeypatch):
+    module, url = chatbot
+    engine = module.service.engine
+    monkeypatch.setattr(engine, "context_tokens", 220)
+    prompts = []
+    real_stream = engine.stream
+    monkeypatch.setattr(engine, "stream", lambda ids, p, c: (prompts.append(ids), real_stream(ids, p, c))[1])
+    open_chat(page, url)
+    page.get_by_text("Generation settings", exact=True).click()
+    page.get_by_label("System prompt").fill("You are Captain Finch, a pirate.")
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 40)
+    for i in range(5):
+        send(page, f"Tell me fact number {i} about the sea, in one sentence.")
+        page.wait_for_function(f"() => document.querySelectorAll('[data-testid=bot]').length == {i + 1}")
+        wait_idle(page)
+    assert page.get_by_text("oldest").first.is_visible()  # the user is told
+    assert last_bot_text(page).strip()
+    last_prompt = engine.llm.detokenize(prompts[-1], special=True).decode()
+    assert "Captain Finch" in last_prompt and "fact number 4" in last_prompt
+    assert "fact number 0" not in last_prompt
+
+
+def test_bad_input_gets_a_message_not_a_crash(chatbot, page):
+    _, url = chatbot
+    open_chat(page, url)
+    send(page, "x" * 25_000)
+    page.get_by_text("the limit is").first.wait_for(timeout=15_000)
+    set_setting(page, "Max new tokens", 8)
+    send(page, "Hello again!")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=bot]')].some(e => e.innerText.trim())")
+
+
+def test_a_message_too_long_for_the_context_gets_a_notice_and_the_chat_goes_on(chatbot, page, monkeypatch):
+    module, url = chatbot
+    monkeypatch.setattr(module.service.engine, "context_tokens", 300)
+    open_chat(page, url)
+    set_setting(page, "Max new tokens", 8)
+    send(page, "word " * 600)
+    page.get_by_text(module.NOTICE_TITLE).first.wait_for(timeout=15_000)
+    assert page.get_by_text("too long for this model").count() >= 0  # inside the collapsible notice
+    send(page, "Hello!")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 2")
+    wait_idle(page)
+    assert last_bot_text(page).strip()

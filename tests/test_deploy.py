@@ -1,0 +1,84 @@
+"""Space packaging: the exact bundle a deploy uploads, started from its folder and called from
+gradio_client; the Hub call itself is real code that fails cleanly offline."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+
+def deploy(repo_root, *args, env=None):
+    return subprocess.run([sys.executable, str(repo_root / "spaces" / "deploy.py"), *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def front_matter(readme):
+    text = readme.read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+def test_the_card_has_the_spaces_front_matter(repo_root):
+    meta = front_matter(repo_root / "chatbot_app" / "README.md")
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    assert meta["suggested_hardware"] == "t4-small" and meta["python_version"] == "3.11"
+    import gradio
+    assert meta["sdk_version"] == gradio.__version__
+    assert meta["models"] and meta["license"]
+
+
+def test_dry_run_bundle_starts_and_answers_through_gradio_client(repo_root, tmp_path, embedded_gguf, start_app):
+    bundle = tmp_path / "bundle"
+    proc = deploy(repo_root, "--app", "chatbot", "--gguf", "someone/finch-gguf/model-q8_0.gguf", "--dry_run", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert "FINCH_GGUF" in proc.stdout
+    names = sorted(p.name for p in bundle.iterdir())
+    assert names == ["README.md", "app.py", "chat_runtime", "requirements.txt"]
+    assert "llama-cpp-python" in (bundle / "requirements.txt").read_text()
+    assert front_matter(bundle / "README.md")["models"] == ["someone/finch-gguf"]
+    assert not list(bundle.rglob("__pycache__"))
+    # The bundle runs on its own: the runtime beside app.py wins over this checkout's install.
+    where = subprocess.run([sys.executable, "-c", "import chat_runtime; print(chat_runtime.__file__)"], cwd=bundle,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(bundle / "chat_runtime" / "__init__.py")
+    env = {"FINCH_GGUF": str(embedded_gguf), "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
+    url = start_app(bundle, env)
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    reply = client.predict(message="What is the capital of France?", system_prompt="You are a helpful assistant.",
+                           temperature=0, max_new_tokens=20, api_name="/chat")
+    assert "Paris" in reply
+
+
+def test_the_bundle_never_ships_a_spaces_or_gguf_package(tmp_path):
+    from space_deploy.bundle import check_bundle
+
+    (tmp_path / "app.py").write_text("")
+    (tmp_path / "spaces").mkdir()
+    with pytest.raises(ValueError, match="shadow the 'spaces' package"):
+        check_bundle(tmp_path)
+
+
+def test_deploy_without_a_token_says_how_to_get_one(repo_root, tmp_path):
+    env = {"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")}
+    proc = deploy(repo_root, "--space_id", "someone/finch-chat", "--adapter", "someone/adapter", env=env)
+    assert proc.returncode != 0 and "set HF_TOKEN or run `hf auth login`" in proc.stderr
+
+
+def test_deploy_offline_fails_cleanly_without_leaking_the_token(repo_root, tmp_path):
+    token = "hf_" + "FakeTokenForTests" * 2
+    env = {"HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": "http://127.0.0.1:9"}  # a closed local port: the real request, no network
+    proc = deploy(repo_root, "--space_id", "someone/finch-chat", "--adapter", "someone/adapter", env=env)
+    assert proc.returncode != 0 and "Deploying to someone/finch-chat failed" in proc.stderr
+    assert "The bundle is complete; deploy again to retry." in proc.stderr
+    assert token not in proc.stdout + proc.stderr
+
+
+def test_deploy_needs_something_to_serve(repo_root):
+    proc = deploy(repo_root, "--dry_run", "/tmp/never")
+    assert proc.returncode != 0 and "Say what the Space serves" in proc.stderr

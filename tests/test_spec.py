@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from chat_runtime import ModelSpec, from_env
+from chat_runtime.spec import base_of_adapter
+
+
+def test_nothing_set_means_the_embedded_gguf_on_llamacpp(monkeypatch, embedded_gguf):
+    for name in ("FINCH_ENGINE", "FINCH_MODEL", "FINCH_ADAPTER", "FINCH_GGUF", "FINCH_LOAD_IN_4BIT"):
+        monkeypatch.delenv(name, raising=False)
+    spec = from_env().resolved()
+    assert spec.engine == "llamacpp" and spec.gguf == str(embedded_gguf)
+
+
+def test_env_describes_a_space(monkeypatch, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "meta-llama/Llama-3.2-1B-Instruct"}))
+    monkeypatch.setenv("FINCH_ADAPTER", str(adapter))
+    monkeypatch.setenv("FINCH_LOAD_IN_4BIT", "1")
+    spec = from_env().resolved()
+    assert (spec.engine, spec.base, spec.adapter, spec.load_in_4bit) == (
+        "transformers", "meta-llama/Llama-3.2-1B-Instruct", str(adapter), True)
+    assert spec.label.endswith(f"+ adapter {adapter}")
+
+
+def test_base_of_a_local_adapter_and_clear_errors(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
+    assert base_of_adapter(str(tmp_path)) == "org/base"
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="names no base model"):
+        base_of_adapter(str(tmp_path))
+    with pytest.raises(ValueError, match="has no adapter_config.json"):
+        base_of_adapter(str(tmp_path / ".."))
+    # Offline (the tests set HF_HUB_OFFLINE): a Hub id fails with what to do, not a traceback.
+    with pytest.raises(ValueError, match="could not read adapter_config.json of 'someone/adapter'"):
+        base_of_adapter("someone/adapter")
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        (ModelSpec(gguf="x.gguf", base="org/base"), "not both"),
+        (ModelSpec(engine="vllm", base="org/base"), "unknown engine 'vllm'"),
+        (ModelSpec(engine="llamacpp", base="org/base"), "runs a GGUF file"),
+        (ModelSpec(engine="transformers", gguf="x.gguf"), "needs FINCH_MODEL"),
+        (ModelSpec(gguf="x.gguf", load_in_4bit=True), "transformers engine only"),
+    ],
+)
+def test_impossible_specs_fail_at_start(spec, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        spec.resolved()
