@@ -182,3 +182,21 @@ def test_a_message_too_long_for_the_context_gets_a_notice_and_the_chat_goes_on(c
     page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 2")
     wait_idle(page)
     assert last_bot_text(page).strip()
+
+
+def test_closing_the_tab_ends_generation_within_a_second(chatbot, browser):
+    module, url = chatbot
+    context = browser.new_context()
+    page = context.new_page()
+    open_chat(page, url)
+    set_setting(page, "Temperature", 1)
+    set_setting(page, "Max new tokens", 2000)
+    send(page, "Write a very long story about a dragon and a knight, with many chapters.")
+    page.wait_for_function("() => document.querySelector('[data-testid=bot]')?.innerText.length > 40")
+    assert module.service.active == 1
+    context.close()
+    closed = time.monotonic()
+    while module.service.active and time.monotonic() - closed < 5:
+        time.sleep(0.02)
+    assert module.service.active == 0, "generation went on after the tab closed"
+    assert time.monotonic() - closed < 1.0

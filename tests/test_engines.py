@@ -84,3 +84,27 @@ def test_cancel_stops_generation_within_a_second(request, service_name):
     rest = list(stream)
     assert time.monotonic() - started < 1.0
     assert len(pieces) <= 7 and not rest
+
+
+def test_an_adapter_loads_with_its_base_read_from_its_own_config(tmp_path, embedded_hf, transformers_service):
+    """What a Space does with only FINCH_ADAPTER set: find the base, load base + LoRA, answer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from chat_runtime import ChatService, ModelSpec
+
+    import torch
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(embedded_hf)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    service = ChatService.from_spec(ModelSpec(adapter=str(tmp_path / "adapter")))
+    assert f"+ adapter {tmp_path / 'adapter'}" in service.engine.label
+    assert type(service.engine.model).__name__.startswith("Peft")
+    question = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hi!"}]
+    ids = service.engine.encode_chat(question)
+    assert ids == transformers_service.engine.encode_chat(question)
+    with_adapter = "".join(service.engine.stream(ids, GREEDY, threading.Event()))
+    without = "".join(transformers_service.engine.stream(ids, GREEDY, threading.Event()))
+    assert with_adapter and with_adapter != without  # the (random) adapter really is applied
