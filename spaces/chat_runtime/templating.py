@@ -9,6 +9,7 @@ a silent fallback format is how fine-tunes drift between training and serving.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 ROLES = ("system", "user", "assistant")
 Message = dict[str, str]
@@ -36,6 +37,63 @@ def render(
         **(special_tokens or {}),
     )
     return rendered[0]
+
+
+class Segment(NamedTuple):
+    """A stretch of the rendered conversation; `reply` marks an assistant reply (+ its EOS)."""
+
+    text: str
+    reply: bool
+
+
+def segments(
+    template: str | None,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool,
+    special_tokens: dict[str, str] | None = None,
+) -> list[Segment]:
+    """The rendered conversation cut at the edges of every assistant reply.
+
+    Engines and the trainer tokenize segment by segment, so a reply's first token never merges
+    with the generation prompt before it: the prompt ids a Space sends are exactly the ids the
+    model was trained on, whatever the tokenizer. A reply runs from the end of the generation
+    prompt to the end of the EOS the template writes after it (whitespace after EOS is scaffolding).
+    """
+    special_tokens = special_tokens or {}
+    eos = special_tokens.get("eos_token") or ""
+    full = render(template, messages, add_generation_prompt=add_generation_prompt, special_tokens=special_tokens)
+    cuts: list[Segment] = []
+    done = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or i == 0:
+            continue
+        before = render(template, messages[:i], add_generation_prompt=True, special_tokens=special_tokens)
+        upto = render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
+        if not (upto.startswith(before) and full.startswith(upto) and len(before) >= done):
+            raise ValueError(
+                "this chat template does not render turn by turn (a conversation's text is not a prefix of its "
+                "continuation), so replies cannot be located; use an instruct model's standard template"
+            )
+        end = len(upto)
+        eos_at = upto.find(eos, len(before)) if eos else -1
+        if eos_at != -1:
+            end = eos_at + len(eos)
+        cuts += [Segment(full[done:len(before)], False), Segment(full[len(before):end], True)]
+        done = end
+    cuts.append(Segment(full[done:], False))
+    return [c for c in cuts if c.text]
+
+
+def encode(parts: Sequence[Segment], tokenize: Callable[[str], list[int]]) -> tuple[list[int], list[bool]]:
+    """Token ids of the segments, tokenized one by one, and which ids belong to replies."""
+    ids: list[int] = []
+    mask: list[bool] = []
+    for part in parts:
+        piece = tokenize(part.text)
+        ids += piece
+        mask += [part.reply] * len(piece)
+    return ids, mask
 
 
 def _text_of(content: object) -> str:

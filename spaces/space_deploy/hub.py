@@ -5,22 +5,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import HfApi
+
+from chat_runtime.hub import describe_error, token_or_exit
 
 log = logging.getLogger(__name__)
 
 
-def token_or_fail() -> str:
-    """The Hub token from HF_TOKEN or `hf auth login`; never printed."""
-    token = get_token()
-    if not token:
-        raise SystemExit("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then deploy again.")
-    return token
-
-
 def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str], private: bool) -> str:
     """Upload `bundle` to the Space `space_id` and configure it; return the Space's URL."""
-    api = HfApi(token=token_or_fail())
+    token = token_or_exit()
+    api = HfApi(token=token)
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(bundle), repo_id=space_id, repo_type="space",
@@ -31,7 +26,7 @@ def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str]
             api.request_space_hardware(space_id, hardware)
     except Exception as err:  # network, auth, quota: say what failed without echoing request headers
         raise SystemExit(
-            f"Deploying to {space_id} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}. "
+            f"Deploying to {space_id} failed: {describe_error(err, token)}. "
             "Check your network, that the token can write to this namespace, and the hardware name. "
             "The bundle is complete; deploy again to retry."
         ) from None

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import limits
 from ..params import GenerationParams
 from ..spec import ModelSpec
-from ..templating import Message, render
+from ..templating import Message, encode, render, segments
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,9 @@ class LlamaCppEngine:
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Token ids by the GGUF's chat template (specials are in the text, none added)."""
-        text = render(self.template, messages, add_generation_prompt=add_generation_prompt, special_tokens=self.special_tokens)
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        parts = segments(self.template, messages, add_generation_prompt=add_generation_prompt,
+                         special_tokens=self.special_tokens)
+        return encode(parts, lambda text: self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))[0]
 
     def stream(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
         """Yield text as llama.cpp decodes it; checks `cancel` between tokens."""

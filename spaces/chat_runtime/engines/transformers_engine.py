@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from .. import limits
 from ..params import GenerationParams
 from ..spec import ModelSpec
-from ..templating import Message, render
+from ..templating import Message, encode, segments
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,9 @@ class TransformersEngine:
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Token ids by the tokenizer's chat template (specials are in the text, none added)."""
-        text = render(
-            self.tokenizer.chat_template,
-            messages,
-            add_generation_prompt=add_generation_prompt,
-            special_tokens=self.tokenizer.special_tokens_map,
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        parts = segments(self.tokenizer.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                         special_tokens=self.tokenizer.special_tokens_map)
+        return encode(parts, lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"])[0]
 
     def stream(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
         """Run `generate` in a thread and yield decoded text as it arrives; `cancel` stops it."""

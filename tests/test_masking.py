@@ -1,0 +1,94 @@
+"""Assistant-only labels: exactly the assistant tokens (EOS included) are trained, for ChatML
+(the embedded model) and a Llama 3 template, and the prompt ids equal the runtime's."""
+
+import pytest
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from finetune import masking
+
+CONVERSATION = [
+    {"role": "system", "content": "You are brief."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4, of course."},
+    {"role": "user", "content": "ನಮಸ್ಕಾರ!"},
+    {"role": "assistant", "content": "ನಮಸ್ಕಾರ! 🙂"},
+]
+
+# Llama 3's template (abridged to what shapes the tokens; the date lines are as Meta ships them).
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: 26 Jul 2024\\n\\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chatml(embedded_hf):
+    return AutoTokenizer.from_pretrained(embedded_hf)
+
+
+@pytest.fixture(scope="module")
+def llama3(embedded_hf):
+    """A tokenizer with Llama 3's special tokens and template, built offline from the embedded one."""
+    tok = AutoTokenizer.from_pretrained(embedded_hf)
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+    tok.chat_template = LLAMA3_TEMPLATE
+    return tok
+
+
+def _trained_text(tok, ids, labels):
+    return tok.decode([i for i, l in zip(ids, labels) if l != masking.IGNORE])
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_exactly_the_assistant_tokens_are_trained_eos_included(request, name):
+    tok = request.getfixturevalue(name)
+    out, dropped = masking.tokenize(Dataset.from_dict({"messages": [CONVERSATION]}), tok, max_length=None)
+    ids, labels = out[0]["input_ids"], out[0]["labels"]
+    assert not dropped
+    # The expected labels, built independently: the tokens of each reply + EOS, found by token search.
+    expected = [masking.IGNORE] * len(ids)
+    for reply in ("4, of course.", "ನಮಸ್ಕಾರ! 🙂"):
+        span = tok(reply + tok.eos_token, add_special_tokens=False)["input_ids"]
+        starts = [i for i in range(len(ids)) if ids[i:i + len(span)] == span]
+        assert len(starts) == 1, (reply, name)
+        for j in range(starts[0], starts[0] + len(span)):
+            expected[j] = ids[j]
+    assert labels == expected
+    assert _trained_text(tok, ids, labels) == f"4, of course.{tok.eos_token}ನಮಸ್ಕಾರ! 🙂{tok.eos_token}"
+    assert labels.count(tok.eos_token_id) == 2  # pad == eos on the embedded model: EOS still trained
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_training_and_runtime_see_the_same_prompt_ids(request, name):
+    """The ids before the last reply are exactly what the runtime sends to generate that reply."""
+    from chat_runtime.templating import encode, segments
+
+    tok = request.getfixturevalue(name)
+    out, _ = masking.tokenize(Dataset.from_dict({"messages": [CONVERSATION]}), tok, max_length=None)
+    parts = segments(tok.chat_template, CONVERSATION[:-1], add_generation_prompt=True, special_tokens=tok.special_tokens_map)
+    runtime_ids, _ = encode(parts, lambda text: tok(text, add_special_tokens=False)["input_ids"])
+    assert out[0]["input_ids"][: len(runtime_ids)] == runtime_ids
+    if name == "chatml":  # and the HF tokenizer's own apply_chat_template agrees
+        hf = tok.apply_chat_template(CONVERSATION[:-1], add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert list(hf) == runtime_ids
+
+
+def test_rows_with_nothing_to_learn_are_dropped_not_trained(chatml):
+    long_prompt = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]
+    out, dropped = masking.tokenize(Dataset.from_dict({"messages": [long_prompt, CONVERSATION]}), chatml, max_length=64)
+    assert len(out) == 1 and dropped == {"no assistant tokens within max_seq_length": 1}
+    assert all(len(r["input_ids"]) <= 64 for r in out)
+
+
+def test_a_tokenizer_without_a_template_is_refused(embedded_hf):
+    tok = AutoTokenizer.from_pretrained(embedded_hf)
+    tok.chat_template = None
+    with pytest.raises(masking.TemplateError, match="no chat template"):
+        masking.tokenize(Dataset.from_dict({"messages": [CONVERSATION]}), tok, max_length=None)

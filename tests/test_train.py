@@ -1,0 +1,196 @@
+"""training/train.py for real on the embedded model: real steps, real checkpoints, real kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"
+# A short run for the fault tests: 64 rows, 12 steps.
+QUICK = ["--config", str(CPU_RECIPE), "--max_rows", "64", "--max_steps", "12", "--logging_steps", "1",
+         "--save_steps", "4", "--eval_steps", "4", "--max_seq_length", "128", "--sample_max_new_tokens", "8"]
+
+
+def train(*args, env=None, timeout=900, **kwargs):
+    return subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The CPU recipe, exactly as the README runs it (one epoch over the sample data)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "cpu"
+    proc = train("--config", str(CPU_RECIPE), "--output_dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
+    run_dir, proc = trained_run
+    adapter = run_dir / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
+                 "finch_recipe.yaml", "metrics.json", "loss.png", "samples.json", "README.md"):
+        assert (adapter / name).is_file(), name
+    assert list((run_dir / "logs").glob("events.out.tfevents.*"))
+    metrics = json.loads((adapter / "metrics.json").read_text())
+    assert metrics["final_train_loss"] < metrics["first_train_loss"] * 0.5
+    assert metrics["eval"]["loss"] < metrics["base_eval"]["loss"]  # held-out loss below the base's
+    assert metrics["dropped"] == {} and metrics["rows"]["train"] > 200
+    recipe = yaml.safe_load((adapter / "finch_recipe.yaml").read_text())
+    assert recipe["lora_r"] == 16 and recipe["base_model_id"].endswith("SmolLM2-135M-Instruct-hf")
+    assert "Finch training run complete" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_the_fine_tune_visibly_changes_the_replies(trained_run):
+    samples = json.loads((trained_run[0] / "adapter" / "samples.json").read_text())
+    tuned = [s["fine_tuned"].startswith("Finch here") for s in samples]
+    assert sum(tuned) >= len(samples) - 1, samples
+    assert not any(s["base"].startswith("Finch here") for s in samples)
+
+
+def test_the_model_card_tells_how_to_use_the_adapter(trained_run):
+    card = (trained_run[0] / "adapter" / "README.md").read_text()
+    for text in ("library_name: peft", "SmolLM2-135M-Instruct", "| lora_r | 16 |", "fine-tuned eval loss",
+                 "FINCH_ADAPTER=", "AutoPeftModelForCausalLM", "gguf/export.py", "![train and eval loss](loss.png)"):
+        assert text in card, text
+
+
+def test_the_adapter_loads_with_peft_and_through_the_chatbot_runtime(trained_run):
+    from peft import AutoPeftModelForCausalLM
+
+    from chat_runtime import ChatService, GenerationParams, ModelSpec
+
+    adapter = trained_run[0] / "adapter"
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter)
+    assert type(model).__name__.startswith("Peft")
+    service = ChatService.from_spec(ModelSpec(adapter=str(adapter)))
+    replies = list(service.reply("What is the capital of Peru?", [], None,
+                                 GenerationParams(temperature=0, max_new_tokens=60)))
+    text = replies[-1].text
+    assert text.startswith("Finch here") and "Lima" in text
+    ids = service.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) < 40  # it stopped on its own (EOS), well before the cap
+
+
+def test_help_documents_every_option():
+    from finetune.config import ARG_CLASSES
+
+    proc = train("--help")
+    assert proc.returncode == 0
+    for cls in ARG_CLASSES:
+        for f in fields(cls):
+            assert f"--{f.name}" in proc.stdout, f.name
+            assert f.metadata.get("help"), f.name
+
+
+def test_the_production_recipe_is_the_default():
+    from finetune.config import ARG_CLASSES
+
+    recipe = yaml.safe_load((ROOT / "training" / "recipes" / "llama32-1b-finetome-qlora.yaml").read_text())
+    defaults = {f.name: (f.default_factory() if callable(f.default_factory) else f.default)
+                for cls in ARG_CLASSES for f in fields(cls)}
+    assert {k: defaults[k] for k in recipe} == recipe
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "training" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_parses_and_names_its_command(recipe):
+    from trl import TrlParser
+
+    from finetune.config import ARG_CLASSES, check
+
+    parsed = TrlParser(ARG_CLASSES).parse_args_and_config(["--config", str(recipe)])
+    check(*parsed)
+    assert f"python training/train.py --config training/recipes/{recipe.name}" in recipe.read_text() or \
+        recipe.name == "llama32-1b-finetome-qlora.yaml" and "python training/train.py" in recipe.read_text()
+
+
+def test_an_unknown_key_fails_at_start(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CPU_RECIPE.read_text() + "lora_rank: 8\n")
+    proc = train("--config", str(bad), "--output_dir", str(tmp_path / "run"))
+    assert proc.returncode != 0 and "lora_rank" in proc.stderr
+    proc = train("--config", str(CPU_RECIPE), "--learning-rat", "1", "--output_dir", str(tmp_path / "run2"), timeout=120)
+    assert proc.returncode != 0 and "learning-rat" in proc.stderr  # no silent abbreviation
+
+
+def test_a_dataset_without_usable_rows_fails_before_the_model_loads(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "q", "answer": "a"}\n')
+    proc = train("--config", str(CPU_RECIPE), "--dataset", str(data), "--dataset_format", "auto",
+                 "--output_dir", str(tmp_path / "run"))
+    assert proc.returncode != 0
+    assert "columns found: ['answer', 'question']" in proc.stderr and "sharegpt (conversations)" in proc.stderr
+    assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unwritable_output_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = train("--config", str(CPU_RECIPE), "--output_dir", str(blocker / "run"))
+    assert proc.returncode != 0 and "Cannot write to the output folder" in proc.stderr
+    assert "Converting" not in proc.stderr
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train(*QUICK, "--learning_rate", "1e6", "--save_steps", "1", "--output_dir", str(run_dir))
+    assert proc.returncode != 0 and "became NaN/inf at step" in proc.stderr, proc.stderr[-2000:]
+    kept = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
+    assert kept, "the last good checkpoint is kept"
+    bad_step = int(proc.stderr.split("at step ")[1].split(";")[0])
+    assert all(int(p.name.split("-")[1]) < bad_step for p in kept)
+    assert not (run_dir / "adapter").exists()
+
+
+def _losses(run_dir):
+    state = json.loads(sorted((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                              key=lambda p: int(p.parent.name.split("-")[1]))[-1].read_text())
+    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_final_step_and_losses(tmp_path):
+    reference = tmp_path / "reference"
+    assert train(*QUICK, "--output_dir", str(reference), "--save_steps", "12").returncode == 0
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "training" / "train.py"), *QUICK, "--output_dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (run_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "adapter").exists()
+    resumed = train(*QUICK, "--output_dir", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    final = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    assert final["global_step"] == 12
+    expected, got = _losses(reference), {e["step"]: e["loss"] for e in final["log_history"] if "loss" in e}
+    assert set(got) >= {9, 10, 11, 12}
+    for step in (9, 10, 11, 12):
+        assert abs(got[step] - expected[step]) < 1e-4, (step, got[step], expected[step])
+
+
+def test_push_without_network_fails_clearly_keeps_the_run_and_never_shows_the_token(trained_run, tmp_path):
+    run_dir = trained_run[0]
+    token = "hf_" + "PlantedTestToken" * 2
+    env = {"HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
+    proc = train("--config", str(CPU_RECIPE), "--output_dir", str(run_dir), "--push_to_hub", "someone/finch-test", env=env)
+    assert proc.returncode != 0 and "Push to someone/finch-test failed" in proc.stderr
+    assert "run the same command again to push it" in proc.stderr
+    assert "Loading weights" not in proc.stderr  # a finished run is not retrained
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    written = "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file() and p.suffix in
+                      (".json", ".yaml", ".md", ".txt"))
+    assert token not in proc.stdout + proc.stderr + written

@@ -1,0 +1,102 @@
+"""Model + LoRA by backend: a small table. Unsloth (fast 4-bit kernels) when a CUDA GPU and the
+package are there; otherwise transformers + peft (+ bitsandbytes 4-bit on CUDA); plain LoRA on
+CPU. Every backend returns a peft model and its tokenizer, so the rest of the run is shared."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+from chat_runtime.engines.transformers_engine import bnb_config, pick_dtype_name
+
+from .config import LoraArgs, ModelArgs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where training runs and in which precision."""
+
+    kind: str  # "cuda" or "cpu"
+    dtype: str  # float32 | float16 | bfloat16 (never bf16 on a T4: decided by compute capability)
+    name: str
+
+
+def detect_device() -> Device:
+    import torch
+
+    if torch.cuda.is_available():
+        cap = torch.cuda.get_device_capability()
+        return Device("cuda", pick_dtype_name("cuda", cap), f"{torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})")
+    return Device("cpu", "float32", "CPU")
+
+
+def pick_backend(requested: str, device: Device) -> str:
+    """`auto` -> unsloth when CUDA and unsloth are available, else peft."""
+    if requested == "unsloth" and device.kind != "cuda":
+        raise SystemExit("backend unsloth needs a CUDA GPU; use --backend peft (or auto) on this machine")
+    if requested == "unsloth" and importlib.util.find_spec("unsloth") is None:
+        raise SystemExit("backend unsloth is not installed: pip install -r requirements-gpu.txt, or use --backend peft")
+    if requested != "auto":
+        return requested
+    return "unsloth" if device.kind == "cuda" and importlib.util.find_spec("unsloth") else "peft"
+
+
+def lora_config(lora: LoraArgs, seed: int):
+    """peft LoraConfig for a causal LM."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=list(lora.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int):
+    """transformers + peft (+ bitsandbytes 4-bit on CUDA)."""
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    four_bit = margs.load_in_4bit and device.kind == "cuda"
+    kwargs = dict(dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=margs.trust_remote_code)
+    if four_bit:
+        kwargs.update(quantization_config=bnb_config(device.dtype), device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
+    if four_bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=margs.gradient_checkpointing)
+    elif device.kind == "cuda":
+        model = model.to("cuda")
+    torch.manual_seed(seed)
+    return get_peft_model(model, lora_config(lora, seed)), tokenizer
+
+
+def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int):
+    """Unsloth's FastLanguageModel: its own 4-bit loading and LoRA kernels."""
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_path, max_seq_length=margs.max_seq_length, dtype=None, load_in_4bit=margs.load_in_4bit)
+    model = FastLanguageModel.get_peft_model(
+        model, r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+        target_modules=list(lora.lora_target_modules), bias="none",
+        use_gradient_checkpointing="unsloth" if margs.gradient_checkpointing else False, random_state=seed)
+    return model, tokenizer
+
+
+BACKENDS = {"peft": load_peft, "unsloth": load_unsloth}
+
+
+def cpu_substitutions(margs: ModelArgs, optim: str, device: Device) -> dict[str, tuple]:
+    """What a GPU recipe changes to run on CPU (same recipe, logged and saved with the run)."""
+    if device.kind == "cuda":
+        return {}
+    changes = {}
+    if margs.load_in_4bit:
+        changes["load_in_4bit"] = (True, False)  # bitsandbytes 4-bit backward is not trustworthy on CPU
+    if "8bit" in optim:
+        changes["optim"] = (optim, "adamw_torch")
+    if margs.gradient_checkpointing:
+        changes["gradient_checkpointing"] = (True, False)  # memory is not the limit on CPU; it costs ~30%
+    return changes

@@ -1,0 +1,96 @@
+"""The trainer: trl's SFTTrainer on pre-tokenized data, plus what a long run needs — resume from
+the newest checkpoint, a NaN/inf guard that keeps the last good checkpoint, early stopping."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from .backends import Device
+from .config import TrainArgs
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss and was stopped."""
+
+
+class NanGuard(TrainerCallback):
+    """Stop at the first non-finite logged loss, before that step's checkpoint is written."""
+
+    def __init__(self):
+        self.bad_step: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.bad_step = state.global_step
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
+
+
+def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool, gradient_checkpointing: bool):
+    """trl SFTConfig from our recipe. Data comes tokenized with labels, so trl only batches it."""
+    from trl import SFTConfig
+
+    evaluating = has_eval and train.eval_steps > 0
+    early = bool(train.early_stopping_patience) and evaluating
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        per_device_eval_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        warmup_steps=train.warmup_steps,
+        lr_scheduler_type=train.lr_scheduler_type,
+        optim=optim,
+        weight_decay=train.weight_decay,
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps,
+        seed=train.seed,
+        data_seed=train.seed,
+        logging_steps=train.logging_steps,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=train.eval_steps if evaluating else None,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        bf16=device.dtype == "bfloat16",
+        fp16=device.dtype == "float16",
+        use_cpu=device.kind == "cpu",
+        gradient_checkpointing=gradient_checkpointing,
+        max_length=None,  # already truncated during tokenization
+        report_to="none",  # TensorBoard is attached in build_trainer, writing to run_dir/logs
+        include_num_input_tokens_seen=True,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(model, tokenizer, config, train_dataset, eval_dataset, patience: int, log_dir: Path):
+    """SFTTrainer with our callbacks: NaN guard, TensorBoard in the run folder, early stopping."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+    from trl import SFTTrainer
+
+    guard = NanGuard()
+    callbacks = [guard, TensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience and eval_dataset else [])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=callbacks)
+    return trainer, guard
+
+
+def newest_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint to resume from, if an earlier run of this folder was interrupted."""
+    folder = run_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None

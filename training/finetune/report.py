@@ -1,0 +1,183 @@
+"""What a run leaves behind, in one folder (`adapter/`, written atomically): the adapter and
+tokenizer (with its chat template), the resolved recipe, metrics, a loss plot, base vs fine-tuned
+samples and a model card. Also the upload of that folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from chat_runtime.templating import render
+
+log = logging.getLogger(__name__)
+
+CARD = """
+# {name}
+
+A LoRA adapter for [{base}]({base_link}) trained with Finch (`python training/train.py`).
+
+## Data
+{data}
+
+## Hyperparameters
+| setting | value |
+|---|---|
+{hparams}
+
+## Results
+| metric | value |
+|---|---|
+{metrics}
+
+![train and eval loss](loss.png)
+
+## Base vs fine-tuned (greedy)
+{samples}
+
+## Use it
+In a Finch Space or locally: `FINCH_ADAPTER={repo} python chatbot_app/app.py` (the base is read from
+`adapter_config.json`).
+
+With peft:
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+model = AutoPeftModelForCausalLM.from_pretrained("{repo}")
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+```
+
+On your CPU through llama.cpp: `python gguf/export.py --adapter {repo} --quant q4_k_m`, then
+`python gguf/chat.py --gguf <the .gguf file>`.
+"""
+
+
+def eval_metrics(loss: float | None) -> dict:
+    return {} if loss is None else {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+
+
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy replies of the base (adapter disabled) and the fine-tune to the same prompts."""
+    import torch
+
+    rows = []
+    model.eval()
+    for prompt in prompts:
+        text = render(tokenizer.chat_template, [{"role": "user", "content": prompt}], add_generation_prompt=True,
+                      special_tokens=tokenizer.special_tokens_map)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
+        replies = {}
+        for name in ("base", "fine_tuned"):
+            with torch.inference_mode():
+                if name == "base":
+                    with model.disable_adapter():
+                        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                else:
+                    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            replies[name] = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        rows.append({"prompt": prompt, **replies})
+    return rows
+
+
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and math.isfinite(e["loss"])]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table(rows: dict) -> str:
+    return "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+
+
+def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str):
+    """A huggingface_hub ModelCard: metadata for the Hub plus the run's story."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from chat_runtime import embedded
+
+    base = recipe["base_model_id"]
+    if Path(base).exists():  # a local folder: name the Hub model it holds when we know it
+        base = embedded.HUB_ID if Path(base) == embedded.cache_dir() / "models" / f"{embedded.MODEL_NAME}-hf" else base
+    datasets = [d for d in recipe["dataset"] if not Path(d).suffix]
+    data = "\n".join(f"- `{d}` ({s['usable']} usable of {s['rows']} rows, weight {s['weight']})"
+                     for d, s in zip(recipe["dataset"], metrics.get("sources", [])))
+    keys = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "max_seq_length", "load_in_4bit",
+            "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
+            "warmup_steps", "optim", "weight_decay", "num_train_epochs", "max_steps", "seed", "backend")
+    shown = {k: recipe[k] for k in keys if k in recipe}
+    results = {"base eval loss": metrics.get("base_eval", {}).get("loss"), "fine-tuned eval loss": metrics.get("eval", {}).get("loss"),
+               "fine-tuned eval perplexity": metrics.get("eval", {}).get("perplexity"),
+               "final train loss": metrics.get("final_train_loss"), "steps": metrics.get("global_step"),
+               "train tokens/s": metrics.get("tokens_per_second"), "device": metrics.get("device")}
+    sample_md = "\n".join(f"**{s['prompt']}**\n- base: {s['base']}\n- fine-tuned: {s['fine_tuned']}\n" for s in samples)
+    local = Path(base).exists()
+    card_data = ModelCardData(base_model=None if local else base, library_name="peft",
+                              datasets=datasets or None, tags=["finch", "lora", "sft"], license=None)
+    body = CARD.format(name=repo.split("/")[-1], base=base, base_link=Path(base).as_uri() if local else f"https://huggingface.co/{base}", repo=repo,
+                       data=data or "-", hparams=_table(shown), metrics=_table(results), samples=sample_md or "-")
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def save_artifact(run_dir: Path, model, tokenizer, recipe: dict, metrics: dict, samples: list[dict],
+                  log_history: list[dict], repo_hint: str) -> Path:
+    """Write `run_dir/adapter` whole or not at all (a temp folder renamed into place)."""
+    final = run_dir / "adapter"
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "finch_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False))
+        plot_losses(log_history, tmp / "loss.png")
+        model_card(recipe, metrics, samples, repo_hint).save(tmp / "README.md")
+        if final.exists():
+            old = run_dir / ".adapter-old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def push(folder: Path, repo_id: str, private: bool) -> str:
+    """Upload the adapter folder; on failure the local run stays whole and the message says why."""
+    from huggingface_hub import HfApi
+
+    from chat_runtime.hub import describe_error, token_or_exit
+
+    token = token_or_exit()
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload Finch LoRA adapter")
+    except Exception as err:
+        raise SystemExit(f"Push to {repo_id} failed ({describe_error(err, token)}). The run is complete at {folder}; "
+                         f"run the same command again to push it (nothing is retrained)") from None
+    return f"https://huggingface.co/{repo_id}"

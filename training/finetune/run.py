@@ -1,0 +1,90 @@
+"""Run-folder bookkeeping: where things go, whether this is a fresh run, a resume or a finished
+run, and whether the folder can hold what training will write."""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import uuid
+from pathlib import Path
+
+import yaml
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create the run folder and prove it takes a file, before any data or model is loaded."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as err:
+        raise SystemExit(f"Cannot write to the output folder {run_dir} ({err.strerror or err}). "
+                         "Choose another --output_dir or fix its permissions.") from None
+
+
+def ensure_space(run_dir: Path, trainable_params: int, checkpoints_kept: int) -> None:
+    """Refuse to start when the disk cannot hold the adapter and its checkpoints (fp32 + Adam)."""
+    need = trainable_params * 4 * (1 + 3 * (checkpoints_kept + 1)) + 64 * 2**20
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise SystemExit(f"Not enough disk for this run in {run_dir}: about {need / 2**20:.0f} MiB needed "
+                         f"(adapter + {checkpoints_kept} checkpoints), {free / 2**20:.0f} MiB free. "
+                         "Free some space, lower save_total_limit, or choose another --output_dir.")
+
+
+def saved_recipe(run_dir: Path) -> dict | None:
+    path = run_dir / RECIPE_FILE
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def save_recipe(run_dir: Path, recipe: dict) -> None:
+    (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+
+
+def recipe_drift(old: dict, new: dict, ignore: tuple[str, ...] = ("push_to_hub", "private", "overwrite")) -> list[str]:
+    """Settings that differ between the run in the folder and this command."""
+    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+
+
+def peak_memory_mb(device_kind: str) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated VRAM (CUDA), in MiB."""
+    if device_kind == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def base_eval(run_dir: Path, trainer) -> float:
+    """Eval loss of the untouched base (LoRA starts as a no-op), measured once and kept for resumes."""
+    import json
+
+    path = run_dir / "base_eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())["eval_loss"]
+    with trainer.model.disable_adapter():
+        loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+    path.write_text(json.dumps({"eval_loss": loss}))
+    return loss
+
+
+def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: float, pushed: str | None) -> None:
+    """One screen at the end of a run."""
+    base, final = metrics["base_eval"], metrics["eval"]
+    lines = [
+        "",
+        "Finch training run complete",
+        f"  time            {seconds / 60:.1f} min ({metrics['train_runtime_s']} s training) on {metrics['device']}, backend {metrics['backend']}",
+        f"  steps           {metrics['global_step']}   train rows {metrics['rows']['train']}   eval rows {metrics['rows']['eval']}",
+        f"  throughput      {metrics['tokens_per_second']} tokens/s   peak memory {metrics['peak_memory_mb']} MiB",
+        f"  train loss      {metrics['first_train_loss']} -> {metrics['final_train_loss']}",
+        f"  eval loss       base {base.get('loss', '-')} -> fine-tuned {final.get('loss', '-')} (perplexity {final.get('perplexity', '-')})",
+        f"  dropped rows    {metrics['dropped'] or 'none'}",
+        f"  adapter         {adapter_dir}  (chat: FINCH_ADAPTER={adapter_dir} python chatbot_app/app.py)",
+        f"  logs            {run_dir / 'logs'}  (tensorboard --logdir {run_dir / 'logs'})",
+        f"  pushed          {pushed}" if pushed else "",
+    ]
+    print("\n".join(line for line in lines if line))
