@@ -81,6 +81,7 @@ def _extract(sdist: Path, target: Path) -> None:
     """Extract the converters from the sdist into `target`, whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the user's checkouts
     try:
         with tarfile.open(sdist) as tar:
             members = []

@@ -24,25 +24,28 @@ def _looks_like_path(source: str) -> bool:
 
 
 def local_folder(source: str, what: str, fix: str) -> Path:
-    """`source` as a local folder: itself, or a Hub snapshot. ExportError says what to do otherwise."""
+    """`source` as a local folder: itself, or a Hub snapshot. ExportError says what to do otherwise.
+
+    `what` names it in messages, with `{source}` where the id goes ("the model {source}")."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve()
     if _looks_like_path(source):
-        raise ExportError(f"{what} {source!r} can't be found: there is no such folder. {fix}")
+        raise ExportError(f"{what.format(source=repr(source))} can't be found: there is no such folder. {fix}")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(source, allow_patterns=MODEL_FILES))
     except Exception as err:  # offline, private, gated, wrong id: name it without echoing headers
         reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}" if str(err).strip() else type(err).__name__
-        raise ExportError(f"{what} {source!r} can't be found: not a local folder, and the Hub did not give it ({reason}). {fix}") from None
+        raise ExportError(f"{what.format(source=repr(source))} can't be found: not a local folder, and the Hub did not give it "
+                          f"({reason}). {fix}") from None
 
 
 def resolve_adapter(adapter: str, model: str | None) -> tuple[Path, Path, str]:
     """(adapter folder, base folder, base id) for an adapter; the base comes from adapter_config.json
     unless `model` overrides it."""
-    adapter_dir = local_folder(adapter, "the adapter", "Check the id or path, or log in for a private repo (HF_TOKEN).")
+    adapter_dir = local_folder(adapter, "the adapter {source}", "Check the id or path, or log in for a private repo (HF_TOKEN).")
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ExportError(f"{adapter} has no adapter_config.json: pass a LoRA adapter folder to --adapter, or a full model to --model")
     try:
@@ -51,7 +54,7 @@ def resolve_adapter(adapter: str, model: str | None) -> tuple[Path, Path, str]:
         raise ExportError(str(err)) from None
     fix = (f"Download the base (`hf download {base} --local-dir DIR`) and pass --model DIR, or fix "
            f"base_model_name_or_path in {adapter_dir / 'adapter_config.json'}.")
-    base_dir = local_folder(base, f"the base model of adapter {adapter}:", fix)
+    base_dir = local_folder(base, f"the base model {{source}} of adapter {adapter}", fix)
     if not (base_dir / "config.json").is_file():
         raise ExportError(f"the base model folder {base_dir} has no config.json: is it a Hugging Face model folder? {fix}")
     return adapter_dir, base_dir, base

@@ -100,7 +100,7 @@ def run_export(
             check_lora_gguf(adapter_dir)
     else:
         adapter_dir, base = None, model
-        base_dir = local_folder(model, "the model", "Check the id or path, or log in for a private repo (HF_TOKEN).")
+        base_dir = local_folder(model, "the model {source}", "Check the id or path, or log in for a private repo (HF_TOKEN).")
     converter = conv.find_converter(llama_cpp_dir, cache)
     if adapter_dir is not None:
         arch = (json.loads((base_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
@@ -123,10 +123,6 @@ def run_export(
             hf_dir = merge_adapter(base_dir, adapter_dir, scratch / "merged", merge_dtype)
             bar.update()
         merge_s = time.perf_counter() - t
-        template, eos_token, eos_id = _tokenizer_facts(hf_dir)
-        result = Export(name, base, adapter, converter.origin, template, eos_token)
-        if adapter_dir is not None:
-            result.seconds["merge"] = merge_s
 
         t = time.perf_counter()
         bar.set_postfix_str("converting to f16 (llama.cpp)")
@@ -134,7 +130,11 @@ def run_export(
         conv.run(converter, "convert_hf_to_gguf.py",
                  [str(hf_dir), "--outtype", "f16", "--outfile", str(f16), "--model-name", name],
                  "converting to GGUF", verbose)
+        template, eos_token, eos_id = _tokenizer_facts(hf_dir)
         check_chat_metadata(f16, template, eos_id)
+        result = Export(name, base, adapter, converter.origin, template, eos_token)
+        if adapter_dir is not None:
+            result.seconds["merge"] = merge_s
         result.seconds["convert"] = convert_s = time.perf_counter() - t
         bar.update()
 
