@@ -25,11 +25,13 @@ from gguf_export.quants import parse_quants
 
 QUANTS = ["q8_0", "q4_k_m", "f16"]
 # Share of the 8 prompts whose first 32 greedy tokens must equal the fine-tuned transformers
-# model's (base + adapter, fp32, unmerged). Measured here: f16 8/8, q8_0 5/8, q4_k_m 3/8. Where q8_0
+# model's (base + adapter, fp32, unmerged). Measured here: f16 8/8, q8_0 5/8, q4_k_m 2-3/8. Where q8_0
 # departs, the reference's two best next tokens were within 0.1-0.2 logits of each other (near ties
 # that any rounding flips); Q4_K_M degrades on this 576-wide model (180 of 272 tensors fall back
-# from Q4_K, DESIGN section 3). The thresholds leave one prompt of margin.
-MIN_AGREEMENT = {"f16": 7 / 8, "q8_0": 4 / 8, "q4_k_m": 2 / 8}
+# from Q4_K, DESIGN section 3). The thresholds leave one prompt of margin. Every quant must keep
+# the fine-tune's habit (replies open with "Ahoy!"), which no near tie can flip.
+MIN_AGREEMENT = {"f16": 7 / 8, "q8_0": 4 / 8, "q4_k_m": 1 / 8}
+MIN_OPENINGS = {"f16": 8, "q8_0": 8, "q4_k_m": 7}
 FILE_TYPES = {"f16": "1", "q8_0": "7", "q4_k_m": "15"}  # GGUF general.file_type
 
 
@@ -109,7 +111,8 @@ def test_quantized_files_agree_with_the_finetuned_transformers_model(exported, t
         print("\nGGUF vs fine-tuned transformers, first 32 greedy tokens equal: "
               + ", ".join(f"{q} {r:.0%}" for q, r in rates.items())
               + "; replies opening with the fine-tune's 'Ahoy!': " + ", ".join(f"{q} {n}/8" for q, n in openings.items()))
-    assert openings["f16"] == openings["q8_0"] == 8  # the fine-tune's habit survives the export
+    for quant, count in openings.items():
+        assert count >= MIN_OPENINGS[quant], f"{quant}: only {count}/8 replies open with the fine-tune's 'Ahoy!'"
     for quant, rate in rates.items():
         assert rate >= MIN_AGREEMENT[quant], f"{quant}: {rate:.0%} of prompts agree, expected at least {MIN_AGREEMENT[quant]:.0%}"
 
@@ -119,17 +122,17 @@ def test_lora_gguf_applies_the_finetune_to_the_base_gguf(exported, trained, embe
     out, _ = exported
     _, reference = trained
     tuned = ChatService.from_spec(ModelSpec(gguf=str(embedded_gguf), gguf_lora=str(out / "ahoy-lora-f16.gguf")))
-    params = GenerationParams(temperature=0.0, max_new_tokens=8, repetition_penalty=1.0)
+    params = GenerationParams(temperature=0.0, max_new_tokens=6, repetition_penalty=1.0)
 
     def opening(service, question):
         ids = service.engine.encode_chat([{"role": "system", "content": "You are a helpful assistant."},
                                           {"role": "user", "content": question}])
         return "".join(service.engine.stream(ids, params, threading.Event()))
 
-    prompts = [r["prompt"] for r in reference["outputs"]]
+    prompts = [r["prompt"] for r in reference["outputs"]][:4]  # a LoRA GGUF decodes at ~40% speed: keep it short
     with_lora = sum(opening(tuned, q).startswith("Ahoy!") for q in prompts)
     without = sum(opening(llamacpp_service, q).startswith("Ahoy!") for q in prompts)
-    assert with_lora >= len(prompts) - 1 and without == 0
+    assert with_lora == len(prompts) and without == 0
 
 
 @pytest.mark.e2e
@@ -189,7 +192,7 @@ def test_adapter_whose_base_cannot_be_found(tmp_path):
     with pytest.raises(ExportError, match=r"base model '/models/gone/SmolLM2' of adapter .* can't be found: there is no such folder.*--model DIR"):
         resolve_adapter(str(missing_folder), None)
     offline_hub = _adapter(tmp_path / "b", "finch-tests/no-such-base")
-    with pytest.raises(ExportError, match=r"'finch-tests/no-such-base' can't be found: not a local folder, and the Hub .*--model DIR"):
+    with pytest.raises(ExportError, match=r"'finch-tests/no-such-base' of adapter .* can't be found: not a local folder, and the Hub .*--model DIR"):
         resolve_adapter(str(offline_hub), None)
 
 

@@ -81,31 +81,65 @@ def _files_table(result: Export) -> str:
     for a in result.artifacts:
         if a.kind == "lora":
             rows.append(f"| `{a.path.name}` | LoRA adapter (f16) | - | {human_size(a.size)} | "
-                        f"the fine-tune alone: load it beside a GGUF of `{result.base}` |")
+                        f"the fine-tune alone: load it beside a GGUF of `{_display(result.base)}` |")
         else:
             q = QUANTS[a.kind]
-            note = q.quality + (f" ({a.note})" if a.note else "")
+            note = q.quality + (f"; here {a.note}" if a.note else "")
             rows.append(f"| `{a.path.name}` | {q.name.upper()} | {q.bpw:g} | {human_size(a.size)} | {note} |")
     return "\n".join(rows)
+
+
+def _how_to_run(result: Export, repo_id: str | None) -> str:
+    """Commands for Finch's chat, llama.cpp and Ollama: from the Hub repo, or from this folder."""
+    models = [a for a in result.artifacts if a.kind != "lora"]
+    first = models[0].path.name if models else "MODEL.gguf"
+    tag = models[0].kind.upper() if models else "Q4_K_M"
+    source = f"{repo_id}/{first}" if repo_id else first
+    llama = (f"llama-cli -hf {repo_id}:{tag}          # or, downloaded: llama-cli -m {first}\n"
+             f"llama-server -hf {repo_id}:{tag}       # OpenAI-compatible server on http://127.0.0.1:8080"
+             if repo_id else f"llama-cli -m {first}\nllama-server -m {first}       # OpenAI-compatible server on http://127.0.0.1:8080")
+    ollama = (f"ollama run hf.co/{repo_id}:{tag}\n# or, in a folder holding the files: the Modelfile sets the chat format and stop tokens\n"
+              if repo_id else "# in this folder: the Modelfile sets the chat format and stop tokens\n")
+    return f"""## Chat on your CPU (Finch)
+
+```bash
+python gguf/chat.py --gguf {source}
+```
+
+## llama.cpp
+
+```bash
+{llama}
+```
+
+## Ollama
+
+```bash
+{ollama}ollama create {result.name} -f Modelfile && ollama run {result.name}
+```
+"""
+
+
+def _display(model: str | None) -> str:
+    """A Hub id as is; a local folder by its name only (a card must not carry this machine's paths)."""
+    if model and Path(model).expanduser().exists():
+        return f"{Path(model).name} (a local folder)"
+    return str(model)
 
 
 def model_card(result: Export, repo_id: str | None, extra_sections: str = "") -> str:
     """README.md for the folder of GGUF files (and its Hub repo)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    models = [a for a in result.artifacts if a.kind != "lora"]
-    first = models[0].path.name if models else "MODEL.gguf"
-    quant = models[0].kind.upper() if models else "Q4_K_M"
-    where = repo_id or "you/your-repo"
-    base_meta = result.base if result.base and not Path(result.base).expanduser().exists() else None
-    data = ModelCardData(base_model=base_meta, library_name="gguf", pipeline_tag="text-generation",
-                         tags=["gguf", "llama.cpp", "finch", "conversational"])
-    made_from = f"LoRA adapter `{result.adapter}` merged into `{result.base}`" if result.adapter else f"`{result.base}`"
+    on_hub = result.base and not Path(result.base).expanduser().exists()
+    data = ModelCardData(base_model=result.base if on_hub else None, library_name="gguf",
+                         pipeline_tag="text-generation", tags=["gguf", "llama.cpp", "finch", "conversational"])
+    base, adapter = _display(result.base), _display(result.adapter)
+    made_from = f"LoRA adapter `{adapter}` merged into `{base}`" if result.adapter else f"`{base}`"
     lora = next((a for a in result.artifacts if a.kind == "lora"), None)
-    lora_text = (f"\n`{lora.path.name}` holds the adapter alone. With llama-cpp-python: "
-                 f"`Llama(model_path=\"<a GGUF of {result.base}>\", lora_path=\"{lora.path.name}\")`; with llama.cpp: "
-                 f"`llama-cli -m <base>.gguf --lora {lora.path.name}`.\n" if lora else "")
-    config = {"base_model": result.base, "adapter": result.adapter, "converter": result.converter,
+    lora_text = (f"\n`{lora.path.name}` holds the adapter alone. With Finch: `python gguf/chat.py --gguf <a GGUF of {base}> "
+                 f"--lora {lora.path.name}`; with llama.cpp: `llama-cli -m <base>.gguf --lora {lora.path.name}`.\n" if lora else "")
+    config = {"base_model": base, "adapter": adapter if result.adapter else None, "converter": result.converter,
               "chat_template_family": (family_of(result.chat_template) or Family("other", "", "", ())).name,
               "eos_token": result.eos_token, "files": [a.path.name for a in result.artifacts]}
     content = f"""---
@@ -114,36 +148,15 @@ def model_card(result: Export, repo_id: str | None, extra_sections: str = "") ->
 
 # {result.name} (GGUF)
 
-{made_from}, converted with llama.cpp's own converter ({result.converter}) by
-Finch's `gguf/export.py`. Each file carries the model's chat template and
-end-of-sequence token in its metadata, so llama.cpp-based apps format chats as in training and stop
-where the model stops.
+{made_from}, converted with llama.cpp's own converter ({result.converter}) by Finch's
+`gguf/export.py`. Each file carries the model's chat template and end-of-sequence token in its
+metadata, so llama.cpp-based apps format chats as in training and stop where the model stops.
 
 ## Files
 
 {_files_table(result)}
 {lora_text}
-## Chat on your CPU (Finch)
-
-```bash
-python gguf/chat.py --gguf {where}/{first}
-```
-
-## llama.cpp
-
-```bash
-llama-cli -hf {where}:{quant}          # or: llama-cli -m {first}
-llama-server -hf {where}:{quant}       # OpenAI-compatible server on http://127.0.0.1:8080
-```
-
-## Ollama
-
-```bash
-ollama run hf.co/{where}:{quant}
-# or, with the files of this folder: the Modelfile sets the chat format and stop tokens
-ollama create {result.name} -f Modelfile && ollama run {result.name}
-```
-
+{_how_to_run(result, repo_id)}
 ## How it was made
 
 ```json

@@ -165,4 +165,6 @@ def run(converter: Converter, script: str, args: Sequence[str], what: str, verbo
         proc = subprocess.run(cmd, env=converter.env(), capture_output=True, text=True)
         output = proc.stdout + proc.stderr
     if proc.returncode != 0:
+        if verbose:
+            raise ExportError(f"{what} failed (exit code {proc.returncode}): the converter's own error is above")
         raise ExportError(f"{what} failed: {failure_line(output, converter.origin)}")

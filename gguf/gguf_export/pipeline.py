@@ -119,13 +119,15 @@ def run_export(
         hf_dir = base_dir
         t = time.perf_counter()
         if adapter_dir is not None:
-            bar.set_postfix_str(f"merging into {base} ({merge_dtype})")
+            log.info("merging the adapter into %s (%s)", base, merge_dtype)
+            bar.set_postfix_str("merging")
             hf_dir = merge_adapter(base_dir, adapter_dir, scratch / "merged", merge_dtype)
             bar.update()
         merge_s = time.perf_counter() - t
 
         t = time.perf_counter()
-        bar.set_postfix_str("converting to f16 (llama.cpp)")
+        log.info("converting to an f16 GGUF with llama.cpp's converter (%s)", converter.origin)
+        bar.set_postfix_str("converting")
         f16 = scratch / f"{name}-f16.gguf"
         conv.run(converter, "convert_hf_to_gguf.py",
                  [str(hf_dir), "--outtype", "f16", "--outfile", str(f16), "--model-name", name],
@@ -142,11 +144,12 @@ def run_export(
             if quant == "f16":
                 continue
             t = time.perf_counter()
+            log.info("quantizing to %s", quant)
             bar.set_postfix_str(f"quantizing to {quant}")
             with atomic_output(finals[quant]) as tmp:
                 fallbacks = quantize(f16, tmp, quant, verbose)
                 check_chat_metadata(tmp, template, eos_id)
-            note = f"{fallbacks} tensors fell back to other types" if fallbacks else ""
+            note = f"{fallbacks} tensors kept another type: their width is not a multiple of 256" if fallbacks else ""
             result.artifacts.append(Artifact(finals[quant], quant, time.perf_counter() - t, note))
             bar.update()
         if "f16" in quants:
@@ -156,7 +159,8 @@ def run_export(
 
         if lora_gguf:
             t = time.perf_counter()
-            bar.set_postfix_str("converting the LoRA adapter")
+            log.info("converting the adapter alone to a LoRA GGUF")
+            bar.set_postfix_str("LoRA GGUF")
             with atomic_output(output_dir / f"{name}-lora-f16.gguf") as tmp:
                 # --base: a local folder, so the converter never asks the Hub for the base's config.
                 conv.run(converter, "convert_lora_to_gguf.py",
@@ -181,4 +185,6 @@ def summary(result: Export) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else "")
              for row in [header, *rows]]
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
-    return "\n".join(lines) + f"\nsteps: {steps}; files in {result.artifacts[0].path.parent if result.artifacts else '-'}"
+    total = sum(result.seconds.values()) + sum(a.seconds for a in result.artifacts if a.kind not in ("f16",))
+    folder = result.artifacts[0].path.parent if result.artifacts else "-"
+    return "\n".join(lines) + f"\nsteps: {steps}; total {total:.1f} s; files in {folder}"
