@@ -263,3 +263,37 @@ def test_leftovers_of_a_killed_export_are_removed_next_time(tmp_path):
     alive.mkdir()
     assert remove_leftovers(tmp_path) == 2
     assert [p.name for p in tmp_path.iterdir()] == [alive.name]
+
+
+def test_converter_from_a_checkout_or_a_clear_message_when_it_cannot_be_had(tmp_path, monkeypatch):
+    from chat_runtime.embedded import cache_dir
+    from gguf_export.converter import find_converter, runtime_version
+
+    cached = find_converter(None, cache_dir())  # extracted from the sdist setup.sh fetched
+    checkout = find_converter(str(cached.root), tmp_path)  # any llama.cpp tree works as --llama_cpp_dir
+    assert checkout.origin.startswith("the llama.cpp checkout") and (checkout.root / "gguf-py").is_dir()
+    with pytest.raises(ExportError, match=r"lacks convert_hf_to_gguf.py.*point --llama_cpp_dir at the root"):
+        find_converter(str(tmp_path), tmp_path)
+    # An empty cache and no index: pip really fails, and the message says what to run.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(ExportError, match=r"could not fetch llama.cpp's converter .*pip download --no-deps --no-binary :all: "
+                                          r"llama-cpp-python==[\d.]+ -d .*or pass --llama_cpp_dir"):
+        find_converter(None, tmp_path / "empty-cache")
+    assert not (tmp_path / "empty-cache" / f"llama.cpp-{runtime_version()}").exists()
+
+
+def test_modelfile_follows_the_template_family():
+    from gguf_export.card import modelfile
+    from gguf_export.pipeline import Artifact, Export
+
+    llama3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+              "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
+              "<|end_header_id|>\n\n{% endif %}")
+    result = Export("m", "meta-llama/Llama-3.2-1B-Instruct", None, "test", llama3, "<|eot_id|>",
+                    [Artifact(Path("m-q4_k_m.gguf"), "q4_k_m", 1.0)])
+    text = modelfile(result, "m-q4_k_m.gguf")
+    assert "FROM ./m-q4_k_m.gguf" in text and "<|start_header_id|>{{ .Role }}<|end_header_id|>" in text
+    assert 'PARAMETER stop "<|eot_id|>"' in text and "SYSTEM" not in text  # this template adds no system prompt
+    other = modelfile(Export("m", "b", None, "test", "{{ messages }}", "</s>", []), "m-q8_0.gguf")
+    assert "TEMPLATE" not in other.replace("# No TEMPLATE", "") and 'PARAMETER stop "</s>"' in other
