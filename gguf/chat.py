@@ -28,9 +28,9 @@ def _range(name: str) -> str:
 
 @dataclass
 class ChatArgs:
-    gguf: str | None = field(default=None, metadata={"help": "GGUF file: a path or owner/repo/file.gguf (default: the embedded model)"})
+    gguf: str | None = field(default=None, metadata={"help": "GGUF file: a path or owner/repo/file.gguf; unset: the embedded model"})
     lora: str | None = field(default=None, metadata={"help": "a LoRA GGUF to apply on top (from gguf/export.py --lora_gguf)"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system prompt (default: the model template's own, if any)"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system prompt; unset: the model template's own, if any"})
     temperature: float = field(default=DEFAULTS.temperature, metadata={"help": f"0 = greedy; {_range('temperature')}"})
     top_p: float = field(default=DEFAULTS.top_p, metadata={"help": f"nucleus sampling; {_range('top_p')}"})
     max_new_tokens: int = field(default=DEFAULTS.max_new_tokens, metadata={"help": f"longest reply; {_range('max_new_tokens')}"})

@@ -34,9 +34,9 @@ class ExportArgs:
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter to export: a folder or a Hub id (its base is read from it)"})
     model: str | None = field(default=None, metadata={"help": "a full model to export (folder or Hub id); with --adapter: the base to merge into"})
     output_dir: str = field(default="outputs/gguf", metadata={"help": "folder for the GGUF files, README.md and Modelfile"})
-    name: str | None = field(default=None, metadata={"help": "file name stem (default: the adapter's or model's name)"})
+    name: str | None = field(default=None, metadata={"help": "file name stem; unset: the adapter's or model's name"})
     quant: list[str] = field(default_factory=lambda: [DEFAULT_QUANT],
-                             metadata={"help": f"one or more of {', '.join(QUANTS)} (default {DEFAULT_QUANT})"})
+                             metadata={"help": f"one or more of {', '.join(QUANTS)}"})
     lora_gguf: bool = field(default=False, metadata={"help": "also write the adapter alone as a LoRA GGUF ({name}-lora-f16.gguf)"})
     merge_dtype: str = field(default="float16", metadata={"help": "dtype of the merge: float16 (what the GGUF holds), bfloat16 or float32"})
     llama_cpp_dir: str | None = field(default=None, metadata={"help": "use the converters of this llama.cpp checkout instead of the cached ones"})

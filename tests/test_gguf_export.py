@@ -297,3 +297,35 @@ def test_modelfile_follows_the_template_family():
     assert 'PARAMETER stop "<|eot_id|>"' in text and "SYSTEM" not in text  # this template adds no system prompt
     other = modelfile(Export("m", "b", None, "test", "{{ messages }}", "</s>", []), "m-q8_0.gguf")
     assert "TEMPLATE" not in other.replace("# No TEMPLATE", "") and 'PARAMETER stop "</s>"' in other
+
+
+@pytest.mark.e2e
+def test_a_killed_export_leaves_nothing_at_the_final_path(repo_root, embedded_hf, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(export_cmd(repo_root, "--model", str(embedded_hf), "--quant", "q8_0", "--output_dir", str(out)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".finch-export-*/*.gguf")):  # the converter is writing the f16 file
+            assert proc.poll() is None and time.monotonic() < deadline, "the export ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the export and its converter, as an OOM kill or power cut would
+        proc.wait()
+    assert not list(out.glob("*.gguf")), "a killed export left a file at a final path"
+    assert remove_leftovers(out) == 1 and list(out.iterdir()) == []  # the next export sweeps the scratch folder
+
+
+def test_entry_scripts_shadow_nothing(repo_root):
+    """gguf/export.py runs with gguf/ first on sys.path: nothing there may share a name with a module
+    it imports (stdlib or installed), and `gguf` must still be llama.cpp's gguf-py."""
+    code = ("import importlib.metadata as m, importlib.util as u, sys, pathlib\n"
+            "names = {p.stem for p in pathlib.Path('.').iterdir() if p.suffix == '.py' or p.is_dir()} - {'__pycache__'}\n"
+            "installed = {t for d in m.distributions() for t in (d.read_text('top_level.txt') or '').split()}\n"
+            "print(sorted(names & (set(sys.stdlib_module_names) | installed)), u.find_spec('gguf').origin)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root / "gguf", capture_output=True, text=True, check=True)
+    clashes, gguf_origin = proc.stdout.rsplit(" ", 1)
+    assert clashes == "['gguf_export']" and "site-packages" in gguf_origin  # our own package only

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import converter as conv
 from .errors import ExportError
 from .files import atomic_output, check_free_space, remove_leftovers, work_dir
-from .merge import check_lora_gguf, local_folder, merge_adapter, resolve_adapter
+from .merge import MERGE_DTYPES, check_lora_gguf, local_folder, merge_adapter, resolve_adapter
 from .quantize import check_chat_metadata, quantize
 from .quants import QUANTS
 
@@ -90,6 +90,8 @@ def run_export(
         raise ExportError("say what to export: --adapter (a LoRA folder or Hub id) or --model (a full model)")
     if lora_gguf and not adapter:
         raise ExportError("--lora_gguf needs --adapter: a LoRA GGUF is made from an adapter")
+    if merge_dtype not in MERGE_DTYPES:
+        raise ExportError(f"unknown --merge_dtype {merge_dtype!r}: choose from {', '.join(MERGE_DTYPES)}")
     name = name or default_name(adapter, model)
     finals = {q: output_dir / f"{name}-{q}.gguf" for q in quants}
 
