@@ -1,0 +1,192 @@
+"""The export, step by step: (merge) -> convert to f16 -> check metadata -> quantize -> (LoRA GGUF).
+
+Scratch work (the merged HF folder, the f16 GGUF) lives in a hidden folder inside the output folder,
+on the same disk, so every final file arrives by an atomic rename and a failure leaves none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import converter as conv
+from .errors import ExportError
+from .files import atomic_output, check_free_space, remove_leftovers, work_dir
+from .merge import MERGE_DTYPES, check_lora_gguf, local_folder, merge_adapter, resolve_adapter
+from .quantize import check_chat_metadata, quantize
+from .quants import QUANTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Artifact:
+    """One file the export wrote."""
+
+    path: Path
+    kind: str  # a quant name, or "lora"
+    seconds: float
+    note: str = ""
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+@dataclass
+class Export:
+    """What an export made, and from what (the card and the summary read this)."""
+
+    name: str
+    base: str  # base model id or folder, as the adapter names it
+    adapter: str | None
+    converter: str  # where the converters came from
+    chat_template: str | None
+    eos_token: str | None
+    artifacts: list[Artifact] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # step -> time, for the summary
+
+
+def default_name(adapter: str | None, model: str | None) -> str:
+    """File stem from the adapter (or model) folder or Hub id: `you/chef-lora` -> `chef-lora`."""
+    return Path((adapter or model or "model").rstrip("/")).name
+
+
+def _param_count(folder: Path) -> int:
+    """Rough parameter count from the safetensors sizes and the stored dtype (for the disk check)."""
+    config = json.loads((folder / "config.json").read_text())
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    width = 4 if "32" in dtype else 2
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) // width
+
+
+def needed_bytes(params: int, quants: list[str], merging: bool) -> int:
+    """Disk the export writes at its peak: merged 16-bit folder, f16 GGUF, and every quant."""
+    scratch = 2 * params * (2 if merging else 1)
+    return scratch + sum(int(params * QUANTS[q].bpw / 8) for q in quants if q != "f16")
+
+
+def _tokenizer_facts(folder: Path) -> tuple[str | None, str | None, int | None]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    return tok.chat_template, tok.eos_token, tok.eos_token_id
+
+
+def run_export(
+    *, adapter: str | None, model: str | None, output_dir: Path, name: str | None, quants: list[str],
+    lora_gguf: bool = False, llama_cpp_dir: str | None = None, merge_dtype: str = "float16",
+    cache: Path, verbose: bool = False,
+) -> Export:
+    """Export an adapter (merged into its base) or a full model to GGUF files in `output_dir`."""
+    if not (adapter or model):
+        raise ExportError("say what to export: --adapter (a LoRA folder or Hub id) or --model (a full model)")
+    if lora_gguf and not adapter:
+        raise ExportError("--lora_gguf needs --adapter: a LoRA GGUF is made from an adapter")
+    if merge_dtype not in MERGE_DTYPES:
+        raise ExportError(f"unknown --merge_dtype {merge_dtype!r}: choose from {', '.join(MERGE_DTYPES)}")
+    name = name or default_name(adapter, model)
+    finals = {q: output_dir / f"{name}-{q}.gguf" for q in quants}
+
+    # Everything that can be refused is refused here, before minutes of work.
+    if adapter:
+        adapter_dir, base_dir, base = resolve_adapter(adapter, model)
+        if lora_gguf:
+            check_lora_gguf(adapter_dir)
+    else:
+        adapter_dir, base = None, model
+        base_dir = local_folder(model, "the model {source}", "Check the id or path, or log in for a private repo (HF_TOKEN).")
+    converter = conv.find_converter(llama_cpp_dir, cache)
+    if adapter_dir is not None:
+        arch = (json.loads((base_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
+        known = conv.supported_architectures(converter)
+        if known and arch not in known:
+            raise ExportError(f"Model {arch} is not supported by llama.cpp's converter ({converter.origin}): use a base it "
+                              "supports, or a newer llama.cpp checkout via --llama_cpp_dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(output_dir)
+    check_free_space(output_dir, needed_bytes(_param_count(base_dir), quants, merging=adapter_dir is not None))
+
+    steps = (adapter_dir is not None) + 1 + sum(q != "f16" for q in quants) + lora_gguf
+    bar = tqdm(total=steps, desc="export", unit="step", disable=None)
+    scratch = work_dir(output_dir)
+    try:
+        hf_dir = base_dir
+        t = time.perf_counter()
+        if adapter_dir is not None:
+            log.info("merging the adapter into %s (%s)", base, merge_dtype)
+            bar.set_postfix_str("merging")
+            hf_dir = merge_adapter(base_dir, adapter_dir, scratch / "merged", merge_dtype)
+            bar.update()
+        merge_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        log.info("converting to an f16 GGUF with llama.cpp's converter (%s)", converter.origin)
+        bar.set_postfix_str("converting")
+        f16 = scratch / f"{name}-f16.gguf"
+        conv.run(converter, "convert_hf_to_gguf.py",
+                 [str(hf_dir), "--outtype", "f16", "--outfile", str(f16), "--model-name", name],
+                 "converting to GGUF", verbose)
+        template, eos_token, eos_id = _tokenizer_facts(hf_dir)
+        check_chat_metadata(f16, template, eos_id)
+        result = Export(name, base, adapter, converter.origin, template, eos_token)
+        if adapter_dir is not None:
+            result.seconds["merge"] = merge_s
+        result.seconds["convert"] = convert_s = time.perf_counter() - t
+        bar.update()
+
+        for quant in quants:
+            if quant == "f16":
+                continue
+            t = time.perf_counter()
+            log.info("quantizing to %s", quant)
+            bar.set_postfix_str(f"quantizing to {quant}")
+            with atomic_output(finals[quant]) as tmp:
+                fallbacks = quantize(f16, tmp, quant, verbose)
+                check_chat_metadata(tmp, template, eos_id)
+            note = f"{fallbacks} tensors kept another type: their width is not a multiple of 256" if fallbacks else ""
+            result.artifacts.append(Artifact(finals[quant], quant, time.perf_counter() - t, note))
+            bar.update()
+        if "f16" in quants:
+            os.replace(f16, finals["f16"])  # same disk: atomic
+            result.artifacts.append(Artifact(finals["f16"], "f16", convert_s))
+        result.artifacts.sort(key=lambda a: quants.index(a.kind))
+
+        if lora_gguf:
+            t = time.perf_counter()
+            log.info("converting the adapter alone to a LoRA GGUF")
+            bar.set_postfix_str("LoRA GGUF")
+            with atomic_output(output_dir / f"{name}-lora-f16.gguf") as tmp:
+                # --base: a local folder, so the converter never asks the Hub for the base's config.
+                conv.run(converter, "convert_lora_to_gguf.py",
+                         [str(adapter_dir), "--base", str(base_dir), "--outtype", "f16", "--outfile", str(tmp)],
+                         "converting the LoRA adapter to GGUF", verbose)
+            result.artifacts.append(Artifact(output_dir / f"{name}-lora-f16.gguf", "lora", time.perf_counter() - t,
+                                             f"apply to a GGUF of {base}"))
+            bar.update()
+    finally:
+        bar.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def summary(result: Export) -> str:
+    """A table of what was written: file, kind, size, time."""
+    from .files import human_size
+
+    rows = [(a.path.name, a.kind, human_size(a.size), f"{a.seconds:.1f} s", a.note) for a in result.artifacts]
+    header = ("file", "kind", "size", "time", "note")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else "")
+             for row in [header, *rows]]
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    total = sum(result.seconds.values()) + sum(a.seconds for a in result.artifacts if a.kind not in ("f16",))
+    folder = result.artifacts[0].path.parent if result.artifacts else "-"
+    return "\n".join(lines) + f"\nsteps: {steps}; total {total:.1f} s; files in {folder}"
