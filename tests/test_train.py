@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # real training runs on 2 cores
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"

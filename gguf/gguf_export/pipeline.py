@@ -55,8 +55,9 @@ class Export:
 
 
 def default_name(adapter: str | None, model: str | None) -> str:
-    """File stem from the adapter (or model) folder or Hub id: `you/chef-lora` -> `chef-lora`."""
-    return Path((adapter or model or "model").rstrip("/")).name
+    """File stem from the source: a training run's `runs/NAME/adapter` folder is named NAME."""
+    path = Path((adapter or model or "model").rstrip("/"))
+    return path.parent.name if path.name == "adapter" and path.parent.name else path.name
 
 
 def _param_count(folder: Path) -> int:
