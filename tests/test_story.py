@@ -85,6 +85,13 @@ def test_replies_without_choices_keep_a_readable_scene(reply, scene):
     assert parsed.scene == (scene or reply)
 
 
+def test_a_reply_cut_off_by_its_token_limit_loses_its_unfinished_last_choice():
+    reply = "The gate opens.\n1. Walk in\n2. Wait outside\n3. Say \"I"
+    assert parse_reply(reply, cut_off=True).choices == ("Walk in", "Wait outside")
+    assert parse_reply(reply).choices == ("Walk in", "Wait outside", "Say \"I")
+    assert parse_reply("The gate opens.\n1. Walk in\n2. Wai", cut_off=True).choices == ("Walk in", "Wai")
+
+
 def test_a_lone_numbered_item_is_kept_for_the_follow_up_to_complete():
     assert parse_reply("The gate opens.\n1. Walk in").choices == ("Walk in",)
 
@@ -228,11 +235,36 @@ def test_a_reply_without_choices_asks_once_more(llamacpp_service, system_prompt,
     assert follow_up.count(system_prompt) == 1 and "the wind howls" in follow_up and "numbered 1 to 3" in follow_up
 
 
+def test_choices_that_repeat_the_title_are_no_actions(llamacpp_service, system_prompt, scripted):
+    scripted("The sea is grey.\n1. The Lost Lighthouse\n2. The Lost Lighthouse is a tale of woe\n"
+             "3. Explore the lost lighthouse\n4. Swim")
+    turn = _tell(StoryTeller(llamacpp_service, system_prompt), Story.new("The Lost Lighthouse"))[-1].turn
+    assert turn.choices == ("Explore the lost lighthouse", "Swim")
+
+
+def test_a_reply_that_used_all_its_tokens_drops_its_last_choice(llamacpp_service, system_prompt, scripted):
+    reply = "Rain falls.\n1. Run home\n2. Hide under the bridge\n3. Dance in the"
+    scripted(reply)
+    params = GenerationParams(temperature=0.0, max_new_tokens=len(re.split(r"(?<= )", reply)))  # one per piece
+    turn = _tell(StoryTeller(llamacpp_service, system_prompt), Story.new("Rainy Day"), params=params)[-1].turn
+    assert turn.choices == ("Run home", "Hide under the bridge")
+
+
 def test_when_the_follow_up_fails_too_the_default_choices_fill_in(llamacpp_service, system_prompt, scripted):
     prompts = scripted("The Lost Lighthouse\n1. The Lost Lighthouse", "I cannot list anything.")
     turn = _tell(StoryTeller(llamacpp_service, system_prompt), Story.new("The Lost Lighthouse"))[-1].turn
     assert turn.choices == DEFAULT_CHOICES and turn.choices_from == "default"
     assert len(prompts) == 2, "the model is asked once more, not again and again"
+
+
+def test_a_follow_up_that_does_not_fit_the_context_falls_back_to_the_defaults(
+        llamacpp_service, system_prompt, scripted, monkeypatch):
+    story = Story.new("Tiny")
+    opening = [{"role": "system", "content": system_prompt}, {"role": "user", "content": story.opening_request()}]
+    monkeypatch.setattr(llamacpp_service.engine, "context_tokens", len(llamacpp_service.engine.encode_chat(opening)) + 20)
+    prompts = scripted("You are small.")
+    turn = _tell(StoryTeller(llamacpp_service, system_prompt), story, params=GenerationParams(max_new_tokens=16))[-1].turn
+    assert turn.choices == DEFAULT_CHOICES and len(prompts) == 1
 
 
 def test_the_next_turn_prompt_holds_the_earlier_events_and_the_choice(llamacpp_service, system_prompt, scripted):

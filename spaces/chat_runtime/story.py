@@ -13,6 +13,7 @@ for choices only; when that fails too, a default set fills in. A turn always end
 from __future__ import annotations
 
 import html
+import logging
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -23,11 +24,13 @@ from .chat import ChatService
 from .params import GenerationParams
 from .templating import Message
 
+log = logging.getLogger(__name__)
+
 MIN_CHOICES, MAX_CHOICES = 2, 4
 # Longest choice kept for a button, in characters (a small model sometimes writes a paragraph).
 MAX_CHOICE_CHARS = 80
-# A follow-up request for choices needs only a few short lines.
-FOLLOW_UP_MAX_NEW_TOKENS = 80
+# Tokens for the follow-up request: three short lines, whatever the scene's own limit is.
+FOLLOW_UP_MAX_NEW_TOKENS = 64
 # Offered when the model gives no usable choices even when asked again: they fit any story.
 DEFAULT_CHOICES = ("Look around carefully", "Press on ahead", "Turn back and think it over")
 # The follow-up quotes the scene in a fresh conversation: asked inside the story, a 135M model
@@ -200,11 +203,15 @@ def _key(text: str) -> str:
 
 
 def _unique(choices: list[str], skip: str = "") -> list[str]:
-    """Choices without repeats, and without ones that only repeat `skip` (the story's title)."""
-    seen, kept = {_key(skip).rstrip("0123456789")} - {""}, []
+    """Choices without repeats, and without ones that repeat `skip` (the story's title): "The Lost
+    Lighthouse 2" or "The Lost Lighthouse is a story about..." is no action."""
+    title = _key(skip)
+    seen, kept = {title} - {""}, []
     for choice in choices:
         key = _key(choice)
-        if choice and key not in seen and key.rstrip("0123456789") not in seen:
+        if len(title) >= 8 and key.startswith(title):
+            continue
+        if choice and key not in seen:
             seen.add(key)
             kept.append(choice)
     return kept
@@ -269,19 +276,21 @@ def _inline(paragraph: str) -> tuple[str, list[str]] | None:
     return paragraph[: run[0].start()], items
 
 
-def parse_reply(reply: str, expect_scene: bool = True) -> Parsed:
+def parse_reply(reply: str, expect_scene: bool = True, cut_off: bool = False) -> Parsed:
     """Split a reply into its scene and its choices (the last numbered list, else the last bullet
     list, else inline "1) ... 2) ..."), cleaned, de-duplicated and at most MAX_CHOICES.
 
     With `expect_scene` (a story turn), a reply that is only a list is the story told as a list:
-    all scene, no choices. Without it (the answer to a request for choices) it is the choices."""
+    all scene, no choices. Without it (the answer to a request for choices) it is the choices.
+    A reply `cut_off` by its token limit loses its last choice, unless only two are left."""
     lines = reply.strip().splitlines()
     runs = _numbered_runs(lines)
     best = next((run for run in reversed(runs) if len(run[1]) >= MIN_CHOICES), None) or _bullet_run(lines)
     if best and expect_scene and not "\n".join(lines[: best[0]]).strip():
         best = None
     if best:
-        choices = _unique([_clean_choice(t) for t in best[1]])
+        items = best[1][:-1] if cut_off and len(best[1]) > MIN_CHOICES else best[1]
+        choices = _unique([_clean_choice(t) for t in items])
         if len(choices) >= MIN_CHOICES:
             return Parsed(tidy_scene("\n".join(lines[: best[0]])), tuple(choices[:MAX_CHOICES]))
     inline = _inline_split(lines, expect_scene)
@@ -353,15 +362,17 @@ class StoryTeller:
         """
         request = story.opening_request() if action is None else action_request(action)
         history = story.history()
-        text, dropped = "", 0
+        text, dropped, pieces = "", 0, 0
         stream = self.service.reply(request, history, self.system_prompt, params)
         try:
-            for reply in stream:
+            for pieces, reply in enumerate(stream):
                 text, dropped = reply.text, reply.dropped_messages
                 yield Progress(text, dropped)
         finally:
             stream.close()
-        parsed = parse_reply(text)
+        # llama.cpp streams a piece per token, so a reply with as many pieces as its token limit
+        # was cut off, mid-choice likely (an engine that streams words never looks cut off).
+        parsed = parse_reply(text, cut_off=pieces >= params.max_new_tokens)
         # A small model often offers the title itself as a choice: that is no action.
         choices, source = _unique(list(parsed.choices), skip=story.title), "model"
         if len(choices) < MIN_CHOICES:
@@ -375,16 +386,18 @@ class StoryTeller:
 
     def _ask_for_choices(self, scene: str, params: GenerationParams):
         """Ask once more, for choices only; yields progress (so a closed page cancels it), returns them."""
-        params = replace(params, max_new_tokens=min(params.max_new_tokens, FOLLOW_UP_MAX_NEW_TOKENS))
-        text = ""
+        params = replace(params, max_new_tokens=FOLLOW_UP_MAX_NEW_TOKENS)
+        text, pieces = "", 0
         stream = self.service.reply(FOLLOW_UP_REQUEST.format(scene=scene), [], self.system_prompt, params)
         try:
-            for reply in stream:
+            for pieces, reply in enumerate(stream):
                 text = reply.text
                 yield Progress(scene, finding_choices=True)
+        except ValueError as err:  # the request does not fit a small context: the defaults will do
+            log.info("no follow-up request for choices: %s", err)
         finally:
             stream.close()
-        return parse_reply(text, expect_scene=False).choices
+        return parse_reply(text, expect_scene=False, cut_off=pieces >= params.max_new_tokens).choices
 
 
 def transcript(story: Story | None) -> list[Message]:
