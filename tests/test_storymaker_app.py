@@ -5,6 +5,8 @@ tests can also look at what the model saw: the engine's `stream` is wrapped (not
 record each prompt's token ids and the reply.
 """
 
+import time
+
 import pytest
 
 from chat_runtime import limits
@@ -166,3 +168,20 @@ def test_a_story_longer_than_the_context_keeps_the_system_prompt(storymaker, pag
     prompt = calls[before][0]
     assert prompt.count(module.SYSTEM_PROMPT) == 1 and "The Long Voyage" not in prompt
     assert 2 <= len(choices(page)) <= 4
+
+
+def test_closing_the_tab_mid_scene_ends_generation(storymaker, browser):
+    module, url = storymaker
+    context = browser.new_context()
+    page = context.new_page()
+    open_story(page, url, max_new_tokens=2000)
+    page.locator(TITLE).first.fill("The Endless Song")
+    page.locator("#begin").click()
+    page.wait_for_function("() => document.querySelector('#story [data-testid=bot]')?.innerText.length > 40")
+    assert module.service.active == 1
+    context.close()
+    closed = time.monotonic()
+    while module.service.active and time.monotonic() - closed < 5:
+        time.sleep(0.02)
+    assert module.service.active == 0, "generation went on after the tab closed"
+    assert time.monotonic() - closed < 1.0
