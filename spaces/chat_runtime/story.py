@@ -56,9 +56,11 @@ _ITEM = re.compile(
 _BULLET = re.compile(r"^\s*[-*•]\s+(?P<text>\S.*?)\s*$")
 # Inline markers in one paragraph: "You can 1) fight, 2) run, or 3) hide."
 _INLINE_MARK = re.compile(r"(?<![\w.])\(?([1-9])[.)]\s+")
-# "You could also take the boat" -> "take the boat": the button says what the player does.
+# "You could also take the boat", "I will take the boat" -> "take the boat": the button says
+# what the player does.
 _LEAD_WORDS = re.compile(
-    r"^(?:(?:you|the hero|they|he|she)\s+(?:could|can|might|may)\s+(?:also\s+)?(?:choose\s+to\s+|try\s+to\s+)?)",
+    r"^(?:(?:you|i|we|the hero|they|he|she)\s+(?:could|can|might|may|will|would|should)|(?:you|i|we)['’]ll)\s+"
+    r"(?:also\s+)?(?:choose\s+to\s+|try\s+to\s+|decide\s+to\s+)?",
     re.IGNORECASE,
 )
 _LEAD_BOLD = re.compile(r"^(?:\*\*|__)(.+?)(?:\*\*|__)\s*[:\-–—]")
@@ -102,10 +104,13 @@ class Story:
         return self.turns[-1].choices if self.turns else ()
 
     def opening_request(self) -> str:
-        """The user turn that asks the model for the first scene."""
-        details = ", ".join(f"{name}: {value}" for name, value in (("genre", self.genre), ("tone", self.tone)) if value)
-        return (f"Start the story “{self.title}”" + (f" ({details})" if details else "")
-                + ". Write the first scene, then give three numbered choices.")
+        """The user turn that asks the model for the first scene.
+
+        Phrased as a player's request, not a spec: asked for "the first scene, then three numbered
+        choices", a 135M model mostly talks about choices; asked this way it mostly tells a scene."""
+        genre = f"{self.genre} " if self.genre else ""
+        tone = f", {self.tone} in tone" if self.tone else ""
+        return f"Let's play. Tell the first scene of a {genre}story called “{self.title}”{tone}. I am the hero."
 
     def history(self) -> list[Message]:
         """The story as chat turns for the model: each request, then the scene and its choices."""
