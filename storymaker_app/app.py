@@ -158,8 +158,8 @@ with gr.Blocks(title="Finch storymaker") as demo:
         begin_btn = gr.Button("Begin", variant="primary", elem_id="begin", scale=1)
     heading_md = gr.Markdown(label="Title", elem_id="story-heading")
     choices_json = gr.JSON(label="Choices", visible=False)  # the buttons' labels, for API callers
-    story_view = gr.Chatbot(label="Your story", elem_id="story", height=440, layout="panel", feedback_options=None,
-                            buttons=["copy", "copy_all"], placeholder="Your adventure appears here.")
+    story_view = gr.Chatbot(label="Your story", show_label=False, elem_id="story", height=440, layout="panel",
+                            feedback_options=None, buttons=["copy", "copy_all"], placeholder="Your adventure appears here.")
     with gr.Row():
         choice_btns = [gr.Button(visible=False, variant="primary", elem_id=f"choice-{i + 1}") for i in range(MAX_CHOICES)]
     with gr.Row(equal_height=True):
