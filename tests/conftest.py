@@ -137,6 +137,19 @@ def chatbot():
     module.demo.close()
 
 
+@pytest.fixture(scope="session")
+def storymaker():
+    """The storymaker app running in this process on a free port, launched as its __main__ does."""
+    from chat_runtime import limits
+
+    module = load_app(ROOT / "storymaker_app" / "app.py", "finch_storymaker_app")
+    port = free_port()
+    module.demo.queue(max_size=limits.QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                                         theme=module.THEME, css=module.CSS)
+    yield module, f"http://127.0.0.1:{port}/"
+    module.demo.close()
+
+
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})

@@ -21,8 +21,9 @@ def front_matter(readme):
     return yaml.safe_load(text.split("---")[1])
 
 
-def test_the_card_has_the_spaces_front_matter(repo_root):
-    meta = front_matter(repo_root / "chatbot_app" / "README.md")
+@pytest.mark.parametrize("app", ["chatbot_app", "storymaker_app"])
+def test_the_card_has_the_spaces_front_matter(repo_root, app):
+    meta = front_matter(repo_root / app / "README.md")
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     assert meta["suggested_hardware"] == "t4-small" and meta["python_version"] == "3.11"
     import gradio
@@ -52,6 +53,30 @@ def test_dry_run_bundle_starts_and_answers_through_gradio_client(repo_root, tmp_
     reply = client.predict(message="What is the capital of France?", system_prompt="You are a helpful assistant.",
                            temperature=0, max_new_tokens=20, api_name="/chat")
     assert "Paris" in reply
+
+
+def test_the_storymaker_bundle_carries_its_system_prompt_and_tells_a_story(repo_root, tmp_path, embedded_gguf,
+                                                                          start_app):
+    bundle = tmp_path / "story"
+    proc = deploy(repo_root, "--app", "storymaker", "--gguf", "someone/finch-gguf/model-q8_0.gguf", "--dry_run", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in bundle.iterdir())
+    assert names == ["README.md", "app.py", "chat_runtime", "requirements.txt", "system_prompt.md"]
+    assert (bundle / "system_prompt.md").read_text() == (repo_root / "storymaker_app" / "system_prompt.md").read_text()
+    assert (bundle / "chat_runtime" / "story.py").is_file() and "llama-cpp-python" in (bundle / "requirements.txt").read_text()
+    assert front_matter(bundle / "README.md")["models"] == ["someone/finch-gguf"]
+    env = {"FINCH_GGUF": str(embedded_gguf), "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
+    url = start_app(bundle, env)
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)  # one client, one story
+    title, choices, story, _download, _action = client.predict(
+        title="The Lost Lighthouse", genre="mystery", tone="eerie", temperature=0, max_new_tokens=16, api_name="/begin")
+    assert title.startswith("# The Lost Lighthouse") and 2 <= len(choices) <= 4
+    assert [m["role"] for m in story] == ["assistant"]
+    _, _, story, download, _ = client.predict(action=choices[0], temperature=0, max_new_tokens=16, api_name="/act")
+    assert [m["role"] for m in story] == ["assistant", "user", "assistant"]
+    assert f"> **You:** {choices[0]}" in open(download, encoding="utf-8").read()
 
 
 def test_the_bundle_never_ships_a_spaces_or_gguf_package(tmp_path):

@@ -43,3 +43,5 @@ MAX_CONCURRENT_GENERATIONS = _env_int("FINCH_MAX_CONCURRENT", 1)
 QUEUE_SIZE = _env_int("FINCH_QUEUE_SIZE", 16)
 # Seconds a cancelled generation may take to notice the cancel (it checks once per token).
 CANCEL_GRACE_SECONDS = _env_float("FINCH_CANCEL_GRACE_SECONDS", 1.0)
+# Longest story title (and genre, tone) the storymaker keeps, in characters; longer ones are cut.
+MAX_TITLE_CHARS = _env_int("FINCH_MAX_TITLE_CHARS", 120)

@@ -1,0 +1,440 @@
+"""Choose-your-own-adventure logic on top of ChatService, with no Gradio in it.
+
+The model sees a story as a plain conversation: the system prompt, then the player's requests and
+its own scenes (each scene followed by its numbered choices), formatted by the model's own chat
+template through ChatService, which also trims old turns and keeps the system prompt. Nothing here
+writes template markers or splits a reply on them.
+
+A 135M-parameter model often answers without well-formed choices, so a turn is made robust here:
+choices are parsed from many reply shapes; when fewer than two parse, the model is asked once more
+for choices only; when that fails too, a default set fills in. A turn always ends with 2-4 choices.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from . import limits
+from .chat import ChatService
+from .params import GenerationParams
+from .templating import Message
+
+log = logging.getLogger(__name__)
+
+MIN_CHOICES, MAX_CHOICES = 2, 4
+# Longest choice kept for a button, in characters (a small model sometimes writes a paragraph).
+MAX_CHOICE_CHARS = 80
+# Tokens for the follow-up request: three short lines, whatever the scene's own limit is.
+FOLLOW_UP_MAX_NEW_TOKENS = 64
+# Offered when the model gives no usable choices even when asked again: they fit any story.
+DEFAULT_CHOICES = ("Look around carefully", "Press on ahead", "Turn back and think it over")
+# The follow-up quotes the scene in a fresh conversation: asked inside the story, a 135M model
+# mostly goes on telling it; asked this way it mostly answers with a numbered list.
+FOLLOW_UP_REQUEST = "{scene}\n\nList three short actions the hero could take next, numbered 1 to 3."
+# What a turn shows when the model wrote no scene at all (only choices, or nothing).
+EMPTY_SCENE = "The story pauses, waiting for your next move."
+GENRES = ("fantasy", "mystery", "science fiction", "fairy tale", "pirate adventure", "ghost story")
+TONES = ("hopeful", "eerie", "funny", "tense", "whimsical", "gloomy")
+
+# One choice line: "1. Go", "1) Go", "(1) Go", "[1] Go", "1 - Go", "**1.** Go", "Option 1: Go",
+# "**Choice B:** Go", "A) Go", "- 2. Go". Numbers 1-9 or letters A-D; the text follows a space.
+_ITEM = re.compile(
+    r"""^\s*(?:[-*•+]\s+)?(?:\*\*|__)?\s*
+    (?:
+        (?:option|choice)\s*(?P<word>[1-9]|[A-Da-d])\b\s*[.):\-–—]?
+      | [(\[]?(?P<bare>[1-9]|[A-Da-d])\s*(?:[.):\]]|\s[-–—])
+    )
+    (?:\s*(?:\*\*|__))?\s+(?P<text>\S.*?)\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# A bullet line ("- Go", "* Go", "• Go"), used only when no numbered choices are found.
+_BULLET = re.compile(r"^\s*[-*•]\s+(?P<text>\S.*?)\s*$")
+# Inline markers in one paragraph: "You can 1) fight, 2) run, or 3) hide."
+_INLINE_MARK = re.compile(r"(?<![\w.])\(?([1-9])[.)]\s+")
+# "You could also take the boat", "I will take the boat" -> "take the boat": the button says
+# what the player does.
+_LEAD_WORDS = re.compile(
+    r"^(?:(?:you|i|we|the hero|they|he|she)\s+(?:could|can|might|may|will|would|should)|(?:you|i|we)['’]ll)\s+"
+    r"(?:also\s+)?(?:choose\s+to\s+|try\s+to\s+|decide\s+to\s+)?",
+    re.IGNORECASE,
+)
+_LEAD_BOLD = re.compile(r"^(?:\*\*|__)(.+?)(?:\*\*|__)\s*[:\-–—]")
+_SENTENCE_END = re.compile(r"[.!?…][\"”’')\]*]*(?=\s|$)")
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-!|~$])")
+# Unicode format characters kept in titles: zero-width (non-)joiners shape Indic scripts and emoji.
+_KEEP_FORMAT = {"\u200c", "\u200d"}
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One step of a story: what the model was asked, the scene it wrote, and the choices after."""
+
+    request: str  # what the model was sent as the user turn
+    action: str  # what the page shows the player did ("" for the opening)
+    scene: str
+    choices: tuple[str, ...]
+    choices_from: str = "model"  # "model", "follow-up" or "default": where the choices came from
+
+
+@dataclass(frozen=True)
+class Story:
+    """A story so far: its title, genre and tone (cleaned) and its turns."""
+
+    title: str
+    genre: str = ""
+    tone: str = ""
+    turns: tuple[Turn, ...] = ()
+
+    @classmethod
+    def new(cls, title: object, genre: object = "", tone: object = "") -> "Story":
+        """A new story; the fields are cleaned and cut to MAX_TITLE_CHARS. ValueError for no title."""
+        title = clean_text(title)
+        if not title:
+            raise ValueError("Give your story a title first, e.g. “The Lighthouse at the End of the World”.")
+        return cls(title, clean_text(genre), clean_text(tone))
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The choices the player has now (none before the opening scene)."""
+        return self.turns[-1].choices if self.turns else ()
+
+    def opening_request(self) -> str:
+        """The user turn that asks the model for the first scene.
+
+        Phrased as a player's request, not a spec: asked for "the first scene, then three numbered
+        choices", a 135M model mostly talks about choices; asked this way it mostly tells a scene."""
+        genre = f"{self.genre} " if self.genre else ""
+        tone = f", {self.tone} in tone" if self.tone else ""
+        return f"Let's play. Tell the first scene of a {genre}story called “{self.title}”{tone}. I am the hero."
+
+    def history(self) -> list[Message]:
+        """The story as chat turns for the model: each request, then the scene and its choices."""
+        messages: list[Message] = []
+        for turn in self.turns:
+            messages.append({"role": "user", "content": turn.request})
+            messages.append({"role": "assistant", "content": f"{turn.scene}\n\n{format_choices(turn.choices)}"})
+        return messages
+
+    def with_turn(self, turn: Turn) -> "Story":
+        return replace(self, turns=self.turns + (turn,))
+
+    def undo(self) -> "Story":
+        """The story without its last turn (undoing the opening leaves the title, with no turns)."""
+        return replace(self, turns=self.turns[:-1])
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A reply split into the scene and the choices found after it."""
+
+    scene: str
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One update of a turn being told: the reply so far, and on the last update the finished turn."""
+
+    text: str
+    dropped_messages: int = 0
+    finding_choices: bool = False  # the model is being asked again for choices
+    turn: Turn | None = None
+
+
+def clean_text(text: object, limit: int | None = None) -> str:
+    """One line of user text (a title, a genre): control characters out, spaces collapsed, and cut
+    to `limit` (default MAX_TITLE_CHARS) characters, ending in "…", never inside a letter's marks."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise ValueError(f"expected text, got {type(text).__name__}")
+    limit = limits.MAX_TITLE_CHARS if limit is None else limit
+    text = unicodedata.normalize("NFC", text)
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Zs", "Zl", "Zp") or char in "\t\n\r\v\f":
+            kept.append(" ")
+        elif category == "Cc" or (category == "Cf" and char not in _KEEP_FORMAT) or category in ("Cs", "Co", "Cn"):
+            continue  # NUL, bidi overrides, lone surrogates: invisible or harmful in a title
+        else:
+            kept.append(char)
+    text = " ".join("".join(kept).split())
+    if len(text) <= limit:
+        return text
+    cut = limit - 1  # room for the ellipsis
+    # Kannada and other scripts build one letter from a base and its marks: cut before the base.
+    while cut > 0 and (unicodedata.category(text[cut])[0] == "M" or text[cut] in _KEEP_FORMAT):
+        cut -= 1
+    return text[:cut].rstrip() + "…"
+
+
+def escape_markdown(text: str) -> str:
+    """Text that Markdown (and the HTML inside it) shows literally: markup is displayed, never run."""
+    text = html.escape(text, quote=False)
+    text = _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+    return re.sub(r"^(\s*\d+)\.", r"\1\\.", text, flags=re.MULTILINE)  # "1. x" must not become a list
+
+
+def _clean_choice(text: str) -> str:
+    lead = _LEAD_BOLD.match(text)
+    if lead:  # "**Take the torch**: you light the way" -> the bold name of the choice
+        text = lead.group(1)
+    text = re.sub(r"(\*\*|__|`)", "", text)
+    text = " ".join(text.split()).strip(" \"“”'*_")
+    name, sep, _ = text.partition(": ")
+    if sep and len(name.split()) >= 2:  # "Open the gate: it creaks" -> "Open the gate"
+        text = name
+    text = _LEAD_WORDS.sub("", text)
+    first = _SENTENCE_END.search(text, 12)  # not the dot of a short "Mr." or "Dr."
+    if first and first.end() < len(text):  # one sentence is enough for a button
+        text = text[: first.end()]
+    if len(text) > MAX_CHOICE_CHARS:
+        text = text[: MAX_CHOICE_CHARS - 1]
+        comma = text.rfind(", ")
+        text = text[:comma] if comma > MAX_CHOICE_CHARS // 2 else text.rsplit(" ", 1)[0] + "…"
+    text = text.rstrip(" .,;:").strip(" \"“”'")
+    text = text[:1].upper() + text[1:]  # a button label: "fight the troll" -> "Fight the troll"
+    return text if sum(c.isalpha() for c in text) >= 2 else ""
+
+
+def _key(text: str) -> str:
+    return "".join(c for c in text.casefold() if c.isalnum())
+
+
+def _unique(choices: list[str], skip: str = "") -> list[str]:
+    """Choices without repeats, and without ones that repeat `skip` (the story's title): "The Lost
+    Lighthouse 2" or "The Lost Lighthouse is a story about..." is no action."""
+    title = _key(skip)
+    seen, kept = {title} - {""}, []
+    for choice in choices:
+        key = _key(choice)
+        if len(title) >= 8 and key.startswith(title):
+            continue
+        if choice and key not in seen:
+            seen.add(key)
+            kept.append(choice)
+    return kept
+
+
+def _mark_index(mark: str) -> tuple[str, int]:
+    return ("digit", int(mark)) if mark.isdigit() else ("letter", ord(mark.lower()) - ord("a") + 1)
+
+
+def _numbered_runs(lines: list[str]) -> list[tuple[int, list[str]]]:
+    """Runs of items numbered 1, 2, 3... (or A, B, C...): (first line number, item texts).
+    Blank and unnumbered lines inside a run (an item's description) do not end it."""
+    runs: list[tuple[int, list[str]]] = []
+    kind, items, start = None, [], 0
+    for n, line in enumerate(lines):
+        match = _ITEM.match(line)
+        if not match:
+            continue
+        this_kind, index = _mark_index(match.group("word") or match.group("bare"))
+        if items and this_kind == kind and index == len(items) + 1:
+            items.append(match.group("text"))
+        elif index == 1:
+            if items:
+                runs.append((start, items))
+            kind, items, start = this_kind, [match.group("text")], n
+        elif items:
+            runs.append((start, items))
+            kind, items = None, []
+    if items:
+        runs.append((start, items))
+    return runs
+
+
+def _bullet_run(lines: list[str]) -> tuple[int, list[str]] | None:
+    """The last run of two or more consecutive bullet lines."""
+    end = len(lines)
+    while end and not lines[end - 1].strip():
+        end -= 1
+    start = end
+    while start and _BULLET.match(lines[start - 1]):
+        start -= 1
+    items = [_BULLET.match(line).group("text") for line in lines[start:end]]
+    return (start, items) if len(items) >= MIN_CHOICES else None
+
+
+def _inline(paragraph: str) -> tuple[str, list[str]] | None:
+    """Choices written inside a sentence: "You can 1) fight, 2) run, or 3) hide." """
+    marks = list(_INLINE_MARK.finditer(paragraph))
+    firsts = [i for i, m in enumerate(marks) if m.group(1) == "1"]
+    if not firsts:
+        return None
+    marks = marks[firsts[-1]:]
+    run = [marks[0]]
+    for m in marks[1:]:
+        if int(m.group(1)) == len(run) + 1:
+            run.append(m)
+    if len(run) < MIN_CHOICES:
+        return None
+    bounds = [m.start() for m in run[1:]] + [len(paragraph)]
+    items = [re.sub(r"[\s,;]*(?:\b(?:or|and)\b)?[\s,;]*$", "", paragraph[m.end():end], flags=re.IGNORECASE)
+             for m, end in zip(run, bounds)]
+    return paragraph[: run[0].start()], items
+
+
+def parse_reply(reply: str, expect_scene: bool = True, cut_off: bool = False) -> Parsed:
+    """Split a reply into its scene and its choices (the last numbered list, else the last bullet
+    list, else inline "1) ... 2) ..."), cleaned, de-duplicated and at most MAX_CHOICES.
+
+    With `expect_scene` (a story turn), a reply that is only a list is the story told as a list:
+    all scene, no choices. Without it (the answer to a request for choices) it is the choices.
+    A reply `cut_off` by its token limit loses its last choice, unless only two are left."""
+    lines = reply.strip().splitlines()
+    runs = _numbered_runs(lines)
+    best = next((run for run in reversed(runs) if len(run[1]) >= MIN_CHOICES), None) or _bullet_run(lines)
+    if best and expect_scene and not "\n".join(lines[: best[0]]).strip():
+        best = None
+    if best:
+        items = best[1][:-1] if cut_off and len(best[1]) > MIN_CHOICES else best[1]
+        choices = _unique([_clean_choice(t) for t in items])
+        if len(choices) >= MIN_CHOICES:
+            return Parsed(tidy_scene("\n".join(lines[: best[0]])), tuple(choices[:MAX_CHOICES]))
+    inline = _inline_split(lines, expect_scene)
+    if inline:
+        return inline
+    if runs and (runs[-1][0] > 0 or not expect_scene):  # one numbered item after the scene: keep it, a follow-up may add more
+        start, items = runs[-1]
+        return Parsed(tidy_scene("\n".join(lines[:start])), tuple(_unique([_clean_choice(t) for t in items])))
+    return Parsed(tidy_scene(reply), ())
+
+
+def _inline_split(lines: list[str], expect_scene: bool) -> Parsed | None:
+    paragraphs = "\n".join(lines).strip().split("\n\n")
+    found = _inline(paragraphs[-1].replace("\n", " "))
+    if not found:
+        return None
+    before, items = found
+    scene = "\n\n".join(paragraphs[:-1] + [before]).strip()
+    if expect_scene and not scene:
+        return None  # the whole reply is the list: the story told as a list
+    choices = _unique([_clean_choice(t) for t in items])
+    if len(choices) < MIN_CHOICES:
+        return None
+    return Parsed(tidy_scene(scene), tuple(choices[:MAX_CHOICES]))
+
+
+def tidy_scene(text: str) -> str:
+    """A scene that reads as finished: no trailing "Your choices:" lead-in, no sentence cut off
+    by the token limit (cut back to the last full sentence, or marked with "…")."""
+    lines = text.strip().splitlines()
+    while lines and (not lines[-1].strip() or lines[-1].rstrip().endswith(":")):
+        lines.pop()
+    text = "\n".join(lines).strip()
+    if not text:
+        return EMPTY_SCENE
+    ends = list(_SENTENCE_END.finditer(text))
+    if ends and ends[-1].end() == len(text):
+        return text
+    if ends and ends[-1].end() > max(len(text) // 3, 12):
+        return text[: ends[-1].end()]
+    return text.rstrip(" ,;:-–—") + "…"
+
+
+def format_choices(choices: tuple[str, ...] | list[str]) -> str:
+    """Choices as the numbered lines the system prompt asks for."""
+    return "\n".join(f"{i}. {choice}" for i, choice in enumerate(choices, 1))
+
+
+def action_request(action: object) -> str:
+    """The player's action (a choice or typed text) as the next user turn; ValueError when empty."""
+    action = clean_text(action, limits.MAX_MESSAGE_CHARS)
+    if not action:
+        raise ValueError("Type what you do next, or pick one of the choices.")
+    return action
+
+
+class StoryTeller:
+    """Tells a story one turn at a time through a ChatService, under a fixed system prompt."""
+
+    def __init__(self, service: ChatService, system_prompt: str):
+        self.service = service
+        self.system_prompt = system_prompt
+
+    def tell(self, story: Story, action: str | None, params: GenerationParams) -> Iterator[Progress]:
+        """Stream the next turn: the opening when `action` is None, else the reply to the action.
+
+        Raises ValueError before any text for bad input. The last update carries the finished
+        turn, with 2-4 choices. Closing the iterator cancels the generation in progress.
+        """
+        request = story.opening_request() if action is None else action_request(action)
+        history = story.history()
+        text, dropped, pieces = "", 0, 0
+        stream = self.service.reply(request, history, self.system_prompt, params)
+        try:
+            for pieces, reply in enumerate(stream):
+                text, dropped = reply.text, reply.dropped_messages
+                yield Progress(text, dropped)
+        finally:
+            stream.close()
+        # llama.cpp streams a piece per token, so a reply with as many pieces as its token limit
+        # was cut off, mid-choice likely (an engine that streams words never looks cut off).
+        parsed = parse_reply(text, cut_off=pieces >= params.max_new_tokens)
+        # A small model often offers the title itself as a choice: that is no action.
+        choices, source = _unique(list(parsed.choices), skip=story.title), "model"
+        if len(choices) < MIN_CHOICES:
+            yield Progress(parsed.scene, dropped, finding_choices=True)
+            asked = yield from self._ask_for_choices(parsed.scene, params)
+            choices, source = _unique(choices + list(asked), skip=story.title), "follow-up"
+        if len(choices) < MIN_CHOICES:
+            choices, source = _unique(choices + list(DEFAULT_CHOICES))[:len(DEFAULT_CHOICES)], "default"
+        turn = Turn(request, "" if action is None else request, parsed.scene, tuple(choices[:MAX_CHOICES]), source)
+        yield Progress(turn.scene, dropped, turn=turn)
+
+    def _ask_for_choices(self, scene: str, params: GenerationParams):
+        """Ask once more, for choices only; yields progress (so a closed page cancels it), returns them."""
+        params = replace(params, max_new_tokens=FOLLOW_UP_MAX_NEW_TOKENS)
+        text, pieces = "", 0
+        stream = self.service.reply(FOLLOW_UP_REQUEST.format(scene=scene), [], self.system_prompt, params)
+        try:
+            for pieces, reply in enumerate(stream):
+                text = reply.text
+                yield Progress(scene, finding_choices=True)
+        except ValueError as err:  # the request does not fit a small context: the defaults will do
+            log.info("no follow-up request for choices: %s", err)
+        finally:
+            stream.close()
+        return parse_reply(text, expect_scene=False, cut_off=pieces >= params.max_new_tokens).choices
+
+
+def transcript(story: Story | None) -> list[Message]:
+    """The story as chat messages for a page: the player's actions (escaped) and the scenes."""
+    messages: list[Message] = []
+    for turn in story.turns if story else ():
+        if turn.action:
+            messages.append({"role": "user", "content": escape_markdown(turn.action)})
+        messages.append({"role": "assistant", "content": turn.scene})
+    return messages
+
+
+def heading(story: Story) -> str:
+    """The story's title line in Markdown, its text escaped, with genre and tone under it."""
+    details = " · ".join(escape_markdown(v) for v in (story.genre, story.tone) if v)
+    return f"# {escape_markdown(story.title)}" + (f"\n\n*{details}*" if details else "")
+
+
+def to_markdown(story: Story) -> str:
+    """The whole story as a Markdown document: title, scenes, the player's actions, choices left."""
+    parts = [heading(story)]
+    for turn in story.turns:
+        if turn.action:
+            parts.append(f"> **You:** {escape_markdown(turn.action)}")
+        parts.append(turn.scene)
+    if story.choices:
+        parts.append("**What next?**\n\n" + format_choices([escape_markdown(c) for c in story.choices]))
+    return "\n\n".join(parts) + "\n"
+
+
+def file_name(story: Story) -> str:
+    """A safe file name for the story's Markdown: the title's ASCII letters, else "story"."""
+    ascii_title = unicodedata.normalize("NFKD", story.title).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", ascii_title).strip("-").lower()[:60].strip("-")
+    return f"{slug or 'story'}.md"
