@@ -146,7 +146,9 @@ def test_a_conversation_longer_than_the_context_is_answered_with_the_system_prom
     monkeypatch.setattr(engine, "stream", lambda ids, p, c: (prompts.append(ids), real_stream(ids, p, c))[1])
     open_chat(page, url)
     page.get_by_text("Generation settings", exact=True).click()
-    page.get_by_label("System prompt").fill("You are Captain Finch, a pirate.")
+    system = page.get_by_label("System prompt")
+    system.fill("You are Captain Finch, a pirate.")
+    system.blur()  # commit the value before the first message goes out
     set_setting(page, "Temperature", 0)
     set_setting(page, "Max new tokens", 40)
     for i in range(5):
