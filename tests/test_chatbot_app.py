@@ -20,13 +20,23 @@ def open_chat(page, url):
 
 
 def set_setting(page, label, value):
-    """Open the Settings accordion (once) and type a value into a slider's number box."""
+    """Open the Generation settings (once), type a value into a slider's number box, and wait
+    until the slider itself shows it (the page only sends values the slider has taken)."""
     box = page.get_by_label(f"number input for {label}")
     if not box.is_visible():
         page.get_by_text("Generation settings", exact=True).click()
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+    slider = box.locator("xpath=ancestor::div[contains(@class, 'block')][1]//input[@type='range']")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        try:
+            page.wait_for_function("([el, v]) => Number(el.value) === v", arg=[slider.element_handle(), float(value)],
+                                   timeout=2000)
+            return
+        except Exception:
+            continue  # the accordion was still mounting and dropped the value: type it again
+    raise AssertionError(f"the {label} slider did not take {value}")
 
 
 def send(page, text):

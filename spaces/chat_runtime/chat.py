@@ -12,7 +12,7 @@ from . import limits
 from .engines import Engine, load_engine
 from .params import GenerationParams
 from .spec import ModelSpec, from_env
-from .templating import Message, normalize_history, trim_to_budget
+from .templating import Message, neutralize, normalize_history, trim_to_budget
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ class ChatService:
         message = self.check_message(message)
         turns = [m for m in normalize_history(history) if m["role"] != "system"]
         system = (system_prompt or "").strip()
-        return ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": message}]
+        messages = ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": message}]
+        # Text from the page or the API is content, never template markup.
+        specials = self.engine.special_texts
+        return [{"role": m["role"], "content": neutralize(m["content"], specials)} for m in messages]
 
     def reply(
         self, message: str, history: object, system_prompt: str | None, params: GenerationParams

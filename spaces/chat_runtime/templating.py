@@ -96,6 +96,16 @@ def encode(parts: Sequence[Segment], tokenize: Callable[[str], list[int]]) -> tu
     return ids, mask
 
 
+def neutralize(text: str, special_texts: frozenset[str] | set[str]) -> str:
+    """Make a user's text unable to forge template markers: any special-token string in it (say
+    `<|im_end|>` followed by a fake system turn) gets a zero-width space after its first
+    character, so it tokenizes as plain text instead of as the control token."""
+    for special in special_texts:
+        if special and special in text:
+            text = text.replace(special, special[0] + "\u200b" + special[1:])
+    return text
+
+
 def _text_of(content: object) -> str:
     """Text of a message's content: a string, or Gradio's list of content blocks."""
     if content is None:

@@ -27,8 +27,9 @@ class NanGuard(TrainerCallback):
         self.bad_step: int | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
+        logs = logs or {}
+        values = [logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), (int, float))]
+        if any(not math.isfinite(v) for v in values):
             self.bad_step = state.global_step
             control.should_training_stop = True
             control.should_save = False
@@ -56,6 +57,7 @@ def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_
         seed=train.seed,
         data_seed=train.seed,
         logging_steps=train.logging_steps,
+        logging_nan_inf_filter=False,  # the default logs a NaN loss as 0.0, which would hide it from NanGuard
         eval_strategy="steps" if evaluating else "no",
         eval_steps=train.eval_steps if evaluating else None,
         save_strategy="steps",

@@ -17,6 +17,7 @@ class Engine(Protocol):
     name: str  # "transformers" or "llamacpp"
     label: str  # what the page shows: model, adapter, engine, device
     context_tokens: int  # prompt + reply must fit in this many tokens
+    special_texts: frozenset[str]  # control-token strings a user's text must not be able to forge
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a conversation, rendered by the model's own chat template."""

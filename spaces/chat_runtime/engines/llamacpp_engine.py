@@ -74,10 +74,18 @@ class LlamaCppEngine:
             "bos_token": self._token_text(self.llm.token_bos()),
             "eos_token": self._token_text(self.llm.token_eos()),
         }
+        self.special_texts = self._control_texts()
         self._lock = threading.Lock()
         self.label = f"{spec.label} · llama.cpp · CPU"
         # Refuse a template-less GGUF now rather than at the first message.
         render(self.template, [{"role": "user", "content": "hi"}], add_generation_prompt=True, special_tokens=self.special_tokens)
+
+    def _control_texts(self) -> frozenset[str]:
+        """Text of every control token in the vocabulary (<|im_start|>, <|eot_id|>, ...)."""
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        return frozenset(self._token_text(t) for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_control(vocab, t))
 
     def _token_text(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""

@@ -69,6 +69,7 @@ class TransformersEngine:
             model = model.to(self.device)
         self.model = model.eval()
         self.generation_config = model.generation_config
+        self.special_texts = frozenset(t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)
         context = getattr(model.config, "max_position_embeddings", None) or limits.DEFAULT_CONTEXT_CAP
         self.context_tokens = limits.CONTEXT_TOKENS or min(context, limits.DEFAULT_CONTEXT_CAP)
         quant = "4-bit" if spec.load_in_4bit else dtype_name
