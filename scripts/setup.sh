@@ -62,5 +62,5 @@ if [ "$WITH_TESTS" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
 fi
 
 # Convert the embedded GGUF to a plain HF folder once (transformers needs it; ~15 s).
-FINCH_CACHE="$CACHE" "$VPY" -m chat_runtime.embedded >/dev/null
+FINCH_CACHE="$CACHE" "$VPY" -c "from chat_runtime import embedded; embedded.hf_dir()"
 log "ready: $(cd .venv && pwd)"

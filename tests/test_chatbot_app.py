@@ -155,12 +155,15 @@ def test_a_conversation_longer_than_the_context_is_answered_with_the_system_prom
     real_stream = engine.stream
     monkeypatch.setattr(engine, "stream", lambda ids, p, c: (prompts.append(ids), real_stream(ids, p, c))[1])
     open_chat(page, url)
-    page.get_by_text("Generation settings", exact=True).click()
-    system = page.get_by_label("System prompt")
-    system.fill("You are Captain Finch, a pirate.")
-    system.blur()  # commit the value before the first message goes out
-    set_setting(page, "Temperature", 0)
+    set_setting(page, "Temperature", 0)  # opens the settings and waits until they are mounted
     set_setting(page, "Max new tokens", 40)
+    system = page.get_by_label("System prompt")
+    for _ in range(5):
+        system.fill("You are Captain Finch, a pirate.")
+        system.blur()  # commit the value before the first message goes out
+        page.wait_for_timeout(200)
+        if system.input_value() == "You are Captain Finch, a pirate.":
+            break
     for i in range(5):
         send(page, f"Tell me fact number {i} about the sea, in one sentence.")
         page.wait_for_function(f"() => document.querySelectorAll('[data-testid=bot]').length == {i + 1}")

@@ -20,7 +20,7 @@ RANGES: dict[str, tuple[float, float]] = {
 class GenerationParams:
     """Sampling settings for one reply. temperature 0 means greedy (deterministic) decoding."""
 
-    temperature: float = 0.3  # small models ramble when sampled hot
+    temperature: float = 0.2  # SmolLM2's recommended setting; small models ramble when sampled hot
     top_p: float = 0.9
     max_new_tokens: int = limits.DEFAULT_MAX_NEW_TOKENS
     repetition_penalty: float = 1.1
