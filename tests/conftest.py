@@ -156,3 +156,16 @@ def page(browser):
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture
+def wait_until_idle():
+    """Wait until a ChatService has no generation running; return the seconds it took."""
+
+    def wait(service, limit: float = 5.0) -> float:
+        started = time.monotonic()
+        while service.active and time.monotonic() - started < limit:
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+    return wait
