@@ -5,7 +5,6 @@ tests can also look at what the model saw: the engine's `stream` is wrapped (not
 record each prompt's token ids and the reply.
 """
 
-
 import pytest
 
 from chat_runtime import limits
