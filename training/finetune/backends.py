@@ -44,7 +44,7 @@ def pick_backend(requested: str, device: Device) -> str:
     return "unsloth" if device.kind == "cuda" and importlib.util.find_spec("unsloth") else "peft"
 
 
-def lora_config(lora: LoraArgs, seed: int):
+def lora_config(lora: LoraArgs):
     """peft LoraConfig for a causal LM."""
     from peft import LoraConfig
 
@@ -69,7 +69,7 @@ def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device,
     elif device.kind == "cuda":
         model = model.to("cuda")
     torch.manual_seed(seed)
-    return get_peft_model(model, lora_config(lora, seed)), tokenizer
+    return get_peft_model(model, lora_config(lora)), tokenizer
 
 
 def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int):

@@ -4,6 +4,7 @@ samples and a model card. Also the upload of that folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -73,15 +74,10 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) 
                       special_tokens=tokenizer.special_tokens_map)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
         replies = {}
-        for name in ("base", "fine_tuned"):
-            with torch.inference_mode():
-                if name == "base":
-                    with model.disable_adapter():
-                        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-                else:
-                    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        for name, adapter_off in (("base", model.disable_adapter()), ("fine_tuned", contextlib.nullcontext())):
+            with torch.inference_mode(), adapter_off:
+                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
             replies[name] = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         rows.append({"prompt": prompt, **replies})
     return rows
