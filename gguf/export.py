@@ -4,12 +4,15 @@
     python gguf/export.py --adapter you/my-adapter --quant q4_k_m --push_to_hub you/my-model-GGUF
     python gguf/export.py --adapter outputs/my-adapter --lora_gguf        # + the adapter alone, as a LoRA GGUF
     python gguf/export.py --model HuggingFaceTB/SmolLM2-135M-Instruct --quant q8_0   # a full model
+    python gguf/export.py --adapter outputs/my-adapter --no_verify       # skip the fidelity check
 
 An adapter (folder or Hub id) is merged into the base its adapter_config.json names (`--model`
 overrides it), in 16-bit; llama.cpp's own converter (from the llama-cpp-python sources matching
 the installed runtime, or `--llama_cpp_dir`) writes an f16 GGUF with the chat template and EOS in
 its metadata; llama-cpp-python quantizes it. Each `{name}-{quant}.gguf` appears in --output_dir
-whole or not at all, beside a README.md model card and an Ollama Modelfile.
+whole or not at all, beside a README.md model card and an Ollama Modelfile. For an adapter, the
+card also holds the fidelity report of gguf/verify.py: the same prompts through the adapter, the
+merge and every file written.
 Then chat with it: `python gguf/chat.py --gguf outputs/gguf/my-adapter-q4_k_m.gguf`.
 """
 
@@ -43,6 +46,18 @@ class ExportArgs:
     push_to_hub: str | None = field(default=None, metadata={"help": "upload the files, card and Modelfile to this model repo (owner/name)"})
     private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
     verbose: bool = field(default=False, metadata={"help": "show the converter's and quantizer's own output"})
+    verify: bool = field(default=True, metadata={"help": "with --adapter: check that the files answer like the adapter "
+                                                          "(gguf/verify.py) and put the report in the card"})
+
+
+def verify_export(result, output_dir: Path) -> str:
+    """The fidelity section for the card: the adapter vs the merge vs each file just written."""
+    from gguf_export.verify import verify_adapter
+
+    ggufs = {a.kind: a.path for a in result.artifacts if a.kind != "lora"}
+    report = verify_adapter(result.adapter, ggufs, model=result.base, work_dir=output_dir)
+    print(report.table())
+    return "\n" + report.markdown()
 
 
 def main(args: ExportArgs) -> int:
@@ -56,7 +71,8 @@ def main(args: ExportArgs) -> int:
         lora_gguf=args.lora_gguf, llama_cpp_dir=args.llama_cpp_dir, merge_dtype=args.merge_dtype,
         cache=cache_dir(), verbose=args.verbose,
     )
-    extras = write_card_and_modelfile(result, output_dir, args.push_to_hub)
+    fidelity = verify_export(result, output_dir) if args.verify and args.adapter else ""
+    extras = write_card_and_modelfile(result, output_dir, args.push_to_hub, fidelity)
     print(summary(result))
     first = next(a.path for a in result.artifacts if a.kind != "lora")
     print(f"\nChat with it: python gguf/chat.py --gguf {first}")

@@ -150,6 +150,35 @@ def test_card_and_modelfile_describe_the_files(exported):
 
 
 @pytest.mark.e2e
+def test_the_card_reports_fidelity_of_every_file_written(exported):
+    card = (exported[0] / "README.md").read_text()
+    section = card.split("## Fidelity (`python gguf/verify.py`)", 1)[1]
+    hops = [line.split(" | ")[0].strip("| ") for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert hops == ["peft", "merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]  # most to least precise
+    assert "| merged | 100% (peft) | 100% |" in section  # a 16-bit merge keeps every greedy reply
+    assert "NO: template drift" not in section
+
+
+@pytest.mark.e2e
+def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained, repo_root, tmp_path):
+    out, _ = exported
+    adapter, _ = trained
+    report = tmp_path / "verify.json"
+    proc = subprocess.run([sys.executable, str(repo_root / "gguf" / "verify.py"), "--adapter", str(adapter), "--gguf_dir",
+                           str(out), "--quant", "q8_0", "--max_new_tokens", "40", "--report", str(report)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a reply ran past 40 tokens (said on stderr)
+    assert "| gguf-q8_0 |" in proc.stdout and "agree with the previous hop" in proc.stdout
+    data = json.loads(report.read_text())
+    assert [h["name"] for h in data["hops"]] == ["peft", "merged", "gguf-q8_0"]
+    assert all(h["texts"][0].startswith("Ahoy!") for h in data["hops"])  # the fine-tune survives every hop
+    assert (proc.returncode == 1) == (not all(data["hops"][0]["ended"]))
+    missing = subprocess.run([sys.executable, str(repo_root / "gguf" / "verify.py"), "--adapter", str(adapter),
+                              "--gguf_dir", str(tmp_path), "--quant", "q8_0"], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "expected one *-q8_0.gguf in" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.e2e
 def test_push_to_hub_fails_cleanly_offline_and_never_shows_the_token(exported, repo_root):
     out, _ = exported
     token = "hf_" + "finchTestSecret" + "0123456789abcdef"  # fake, split so no scanner takes it for real
@@ -329,3 +358,40 @@ def test_entry_scripts_shadow_nothing(repo_root):
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root / "gguf", capture_output=True, text=True, check=True)
     clashes, gguf_origin = proc.stdout.rsplit(" ", 1)
     assert clashes == "['gguf_export']" and "site-packages" in gguf_origin  # our own package only
+
+
+@pytest.mark.e2e
+def test_a_llama3_template_gguf_prompts_with_the_ids_training_used(embedded_hf, llama3_tokenizer, tmp_path):
+    """Issue #5 item 1 across the last hop: a model with Llama 3's template and special tokens,
+    converted by our export, is prompted by the llama.cpp engine with exactly training's ids."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from chat_runtime.embedded import cache_dir
+    from chat_runtime.engines.llamacpp_engine import LlamaCppEngine
+    from finetune import masking
+
+    conversation = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What is 2 + 2?"},
+                    {"role": "assistant", "content": "4, of course."}, {"role": "user", "content": "ನಮಸ್ಕಾರ! 🙂"},
+                    {"role": "assistant", "content": "ನಮಸ್ಕಾರ!"}]
+    tok = llama3_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(embedded_hf, dtype=torch.float16)
+    model.resize_token_embeddings(len(tok))
+    model.config.eos_token_id, model.config.bos_token_id = tok.eos_token_id, tok.bos_token_id
+    model.generation_config.eos_token_id, model.generation_config.bos_token_id = tok.eos_token_id, tok.bos_token_id
+    folder = tmp_path / "llama3-shaped"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    del model
+    result = run_export(adapter=None, model=str(folder), output_dir=tmp_path / "gguf", name="l3", quants=["f16"],
+                        cache=cache_dir())
+    engine = LlamaCppEngine(ModelSpec(gguf=str(result.artifacts[0].path)))
+    assert "<|start_header_id|>" in engine.template and engine.special_tokens["eos_token"] == "<|eot_id|>"
+    trained, _ = masking.tokenize(Dataset.from_dict({"messages": [conversation]}), tok, max_length=None)
+    for turns in (conversation[:2], conversation[:4]):  # each generation prompt training saw a reply after
+        prompt = engine.encode_chat(turns)
+        assert trained[0]["input_ids"][: len(prompt)] == prompt
+        assert tok.convert_ids_to_tokens(prompt[-4:])[:1] == ["<|start_header_id|>"]
+    engine.llm.close()
+

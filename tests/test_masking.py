@@ -15,31 +15,14 @@ CONVERSATION = [
     {"role": "assistant", "content": "ನಮಸ್ಕಾರ! 🙂"},
 ]
 
-# Llama 3's template (abridged to what shapes the tokens; the date lines are as Meta ships them).
-LLAMA3_TEMPLATE = (
-    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
-    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
-    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n' }}"
-    "{{- 'Today Date: 26 Jul 2024\\n\\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
-    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def chatml(embedded_hf):
     return AutoTokenizer.from_pretrained(embedded_hf)
 
 
 @pytest.fixture(scope="module")
-def llama3(embedded_hf):
-    """A tokenizer with Llama 3's special tokens and template, built offline from the embedded one."""
-    tok = AutoTokenizer.from_pretrained(embedded_hf)
-    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
-    tok.chat_template = LLAMA3_TEMPLATE
-    return tok
+def llama3(llama3_tokenizer):
+    return llama3_tokenizer
 
 
 def _trained_text(tok, ids, labels):

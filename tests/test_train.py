@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"
 # A short run for the fault tests: 64 rows, 12 steps.
 QUICK = ["--config", str(CPU_RECIPE), "--max_rows", "64", "--max_steps", "12", "--logging_steps", "1",
-         "--save_steps", "4", "--eval_steps", "4", "--max_seq_length", "128", "--sample_max_new_tokens", "8"]
+         "--save_steps", "4", "--eval_steps", "4", "--max_seq_length", "128", "--sample_max_new_tokens", "8",
+         "--verify", "false"]
 
 
 def train(*args, env=None, timeout=900, **kwargs):
@@ -80,6 +81,24 @@ def test_the_adapter_loads_with_peft_and_through_the_chatbot_runtime(trained_run
     assert text.startswith("Finch here") and "Lima" in text
     ids = service.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) < 40  # it stopped on its own (EOS), well before the cap
+
+
+def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
+    """Issue #5's bar on the CPU recipe: the run's own fidelity check (gguf/verify.py), in its card."""
+    run_dir, proc = trained_run
+    report = json.loads((run_dir / "adapter" / "fidelity.json").read_text())
+    rows = {r["hop"]: r for r in report["summary"]}
+    assert list(rows) == ["peft", "merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"], report["skipped"]
+    assert rows["peft"]["ended_with_eos"] == 1.0  # every reply of the fine-tune stops on its own
+    assert rows["gguf-f16"]["previous"] == "merged" and rows["gguf-f16"]["vs_previous"] >= 0.95
+    assert rows["gguf-q8_0"]["vs_reference"] >= 0.90
+    assert all(r["same_prompt_ids"] for r in rows.values())  # no template drift on the way to llama.cpp
+    assert len(report["prompts"]) == 10 and report["agree_tokens"] == 32
+    card = (run_dir / "adapter" / "README.md").read_text()
+    assert "## Fidelity (`python gguf/verify.py`)" in card and "| gguf-q8_0 |" in card
+    assert "fidelity" in proc.stdout and not list(run_dir.glob(".finch-verify-*"))  # scratch removed
+    print("\n" + "\n".join(f"{h}: vs previous {r['vs_previous']}, vs peft {r['vs_reference']}, EOS {r['ended_with_eos']}"
+                            for h, r in rows.items()))
 
 
 def test_help_documents_every_option():

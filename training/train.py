@@ -110,7 +110,7 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
         "log_history": trainer.state.log_history,
     }
     adapter_dir = report.save_artifact(run_dir, model, tokenizer, recipe, metrics, samples, trainer.state.log_history,
-                                       out.push_to_hub or f"you/{run_dir.name}")
+                                       out.push_to_hub or f"you/{run_dir.name}", out.verify_quants if out.verify else None)
     pushed = report.push(adapter_dir, out.push_to_hub, out.private) if out.push_to_hub else None
     run.print_summary(metrics, adapter_dir, run_dir, time.time() - started, pushed)
 

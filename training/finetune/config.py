@@ -77,6 +77,10 @@ class OutputArgs:
         "What is the capital of France?", "Give me one tip for learning a new language.",
         "What is 12 + 30?", "How do you say 3 in Kannada?", "ನಮಸ್ಕಾರ!"])
     sample_max_new_tokens: int = _help("length of each side-by-side sample", default=64)
+    verify: bool = _help("after training, check the adapter answers the same merged and as GGUF (gguf/verify.py); "
+                         "the report goes in the model card and fidelity.json", default=True)
+    verify_quants: list[str] = _help("GGUF files the fidelity check exports and compares", default_factory=lambda: [
+        "f16", "q8_0", "q4_k_m"])
 
 
 ARG_CLASSES = (ModelArgs, LoraArgs, DataArgs, TrainArgs, OutputArgs)

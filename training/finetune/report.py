@@ -42,6 +42,7 @@ A LoRA adapter for [{base}]({base_link}) trained with Finch (`python training/tr
 ## Base vs fine-tuned (greedy)
 {samples}
 
+{fidelity}
 ## Use it
 In a Finch Space or locally: `FINCH_ADAPTER={repo} python chatbot_app/app.py` (the base is read from
 `adapter_config.json`).
@@ -109,7 +110,24 @@ def _table(rows: dict) -> str:
     return "\n".join(f"| {k} | {v} |" for k, v in rows.items())
 
 
-def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str):
+def check_fidelity(folder: Path, quants: list[str], work_dir: Path) -> tuple[str, dict | None]:
+    """gguf/verify.py's report on the adapter in `folder` (card section, JSON), or why it could not run.
+
+    The fidelity check follows hours of training: whatever goes wrong in it, the adapter is kept
+    and the card says how to run the check again."""
+    from gguf_export.verify import verify_adapter
+
+    try:
+        report = verify_adapter(folder, quants=quants, work_dir=work_dir)
+    except Exception as err:  # noqa: BLE001 - never lose a trained adapter to a failed check
+        log.warning("fidelity check failed (%s: %s); the adapter is kept", type(err).__name__, err)
+        return ("## Fidelity\n\nNot checked in this run. Run `python gguf/verify.py --adapter <this folder>`.\n",
+                None)
+    log.info("fidelity:\n%s", report.table())
+    return report.markdown(), report.to_json()
+
+
+def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fidelity: str = ""):
     """A huggingface_hub ModelCard: metadata for the Hub plus the run's story."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -134,23 +152,31 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str):
     card_data = ModelCardData(base_model=None if local else base, library_name="peft",
                               datasets=datasets or None, tags=["finch", "lora", "sft"], license=None)
     body = CARD.format(name=repo.split("/")[-1], base=base, base_link=Path(base).as_uri() if local else f"https://huggingface.co/{base}", repo=repo,
-                       data=data or "-", hparams=_table(shown), metrics=_table(results), samples=sample_md or "-")
+                       data=data or "-", hparams=_table(shown), metrics=_table(results), samples=sample_md or "-",
+                       fidelity=fidelity)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
 def save_artifact(run_dir: Path, model, tokenizer, recipe: dict, metrics: dict, samples: list[dict],
-                  log_history: list[dict], repo_hint: str) -> Path:
-    """Write `run_dir/adapter` whole or not at all (a temp folder renamed into place)."""
+                  log_history: list[dict], repo_hint: str, verify_quants: list[str] | None = None) -> Path:
+    """Write `run_dir/adapter` whole or not at all (a temp folder renamed into place).
+
+    With `verify_quants`, the fidelity check runs on the saved adapter before the folder is final,
+    so the card that arrives already holds its report."""
     final = run_dir / "adapter"
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run_dir))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        fidelity, fidelity_json = check_fidelity(tmp, verify_quants, run_dir) if verify_quants else ("", None)
+        if fidelity_json:
+            (tmp / "fidelity.json").write_text(json.dumps(fidelity_json, indent=1, ensure_ascii=False))
+            metrics["fidelity"] = fidelity_json["summary"]
         (tmp / "finch_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False))
         plot_losses(log_history, tmp / "loss.png")
-        model_card(recipe, metrics, samples, repo_hint).save(tmp / "README.md")
+        model_card(recipe, metrics, samples, repo_hint, fidelity).save(tmp / "README.md")
         if final.exists():
             old = run_dir / ".adapter-old"
             shutil.rmtree(old, ignore_errors=True)

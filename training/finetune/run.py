@@ -44,7 +44,7 @@ def save_recipe(run_dir: Path, recipe: dict) -> None:
     (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
 
 
-def recipe_drift(old: dict, new: dict, ignore: tuple[str, ...] = ("push_to_hub", "private", "overwrite")) -> list[str]:
+def recipe_drift(old: dict, new: dict, ignore: tuple[str, ...] = ("push_to_hub", "private", "overwrite", "verify", "verify_quants")) -> list[str]:
     """Settings that differ between the run in the folder and this command."""
     return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
@@ -71,6 +71,12 @@ def base_eval(run_dir: Path, trainer) -> float:
     return loss
 
 
+def fidelity_line(rows: list[dict]) -> str:
+    """'merged 100%, gguf-f16 100%, ... agree with peft; EOS 10/10' from gguf/verify.py's summary rows."""
+    agree = ", ".join(f"{r['hop']} {100 * r['vs_reference']:.0f}%" for r in rows[1:])
+    return f"{agree} of prompts agree with the adapter (first tokens); replies ending with EOS {100 * rows[0]['ended_with_eos']:.0f}%"
+
+
 def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: float, pushed: str | None) -> None:
     """One screen at the end of a run."""
     base, final = metrics["base_eval"], metrics["eval"]
@@ -83,6 +89,7 @@ def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: floa
         f"  train loss      {metrics['first_train_loss']} -> {metrics['final_train_loss']}",
         f"  eval loss       base {base.get('loss', '-')} -> fine-tuned {final.get('loss', '-')} (perplexity {final.get('perplexity', '-')})",
         f"  dropped rows    {metrics['dropped'] or 'none'}",
+        f"  fidelity        {fidelity_line(metrics['fidelity'])}" if metrics.get("fidelity") else "",
         f"  adapter         {adapter_dir}  (chat: FINCH_ADAPTER={adapter_dir} python chatbot_app/app.py)",
         f"  logs            {run_dir / 'logs'}  (tensorboard --logdir {run_dir / 'logs'})",
         f"  pushed          {pushed}" if pushed else "",
