@@ -171,6 +171,17 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (run_dir / "adapter").exists()
 
 
+def test_early_stopping_ends_a_run_whose_eval_loss_stops_improving(tmp_path):
+    # learning rate 0: the eval loss never improves, so patience 1 ends the run at the second eval.
+    run_dir = tmp_path / "run"
+    proc = train(*QUICK, "--learning_rate", "0", "--early_stopping_patience", "1", "--eval_steps", "2", "--save_steps", "2",
+                 "--output_dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    assert metrics["global_step"] == 4  # not the 12 max_steps asks for
+    assert [e["step"] for e in metrics["log_history"] if "eval_loss" in e] == [2, 4]
+
+
 def _losses(run_dir):
     state = json.loads(sorted((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
                               key=lambda p: int(p.parent.name.split("-")[1]))[-1].read_text())
