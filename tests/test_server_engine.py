@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,60 +18,14 @@ from chat_runtime.story import Story, StoryTeller
 
 pytestmark = pytest.mark.e2e
 
-MODEL = "smollm2-135m"
+MODEL = "smollm2-135m"  # the name llama_servers() serve the embedded GGUF under
 KEY = "finch-test-" + "key-" + "9f3a7c"  # built by parts: no secret-looking literal in the tree
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=40, repetition_penalty=1.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LlamaServer:
-    """`python -m llama_cpp.server` on a fixed port, startable again after a stop."""
-
-    def __init__(self, gguf, log_dir, api_key: str | None = None):
-        self.gguf, self.log_dir, self.api_key = gguf, log_dir, api_key
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "LlamaServer":
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", MODEL,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "2"]
-        if self.api_key:
-            cmd += ["--api_key", self.api_key]
-        log = open(self.log_dir / f"llama-server-{self.port}.log", "a")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/docs", timeout=2)  # /docs needs no key
-                return self
-            except httpx.TransportError:
-                time.sleep(0.3)
-        raise RuntimeError(f"llama_cpp.server did not start: see {self.log_dir}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def spec(self, **overrides) -> ModelSpec:
-        return ModelSpec(**{"server_url": self.url, "server_model": MODEL, "server_api_key": self.api_key, **overrides})
-
-
 @pytest.fixture(scope="module")
-def llama_server(embedded_gguf, tmp_path_factory):
-    server = LlamaServer(embedded_gguf, tmp_path_factory.mktemp("llama-server")).start()
+def llama_server(llama_servers):
+    server = llama_servers().start()
     yield server
     server.stop()
 
@@ -185,8 +136,8 @@ def test_token_counts_come_from_the_servers_tokenizer(service, embedded_hf):
     assert expected <= service.engine._count(text) <= expected + 1  # llama-cpp-python's endpoint adds BOS
 
 
-def test_a_down_server_gets_a_clear_message_and_the_service_recovers_when_it_is_back(embedded_gguf, tmp_path):
-    server = LlamaServer(embedded_gguf, tmp_path)  # not started yet: nothing listens on its port
+def test_a_down_server_gets_a_clear_message_and_the_service_recovers_when_it_is_back(llama_servers):
+    server = llama_servers()  # not started yet: nothing listens on its port
     service = ChatService.from_spec(server.spec())  # starting the app needs no server
     with pytest.raises(ValueError, match="The inference server is not reachable"):
         next(service.reply("hi", [], None, GREEDY))
@@ -228,8 +179,8 @@ def test_a_slow_server_times_out_with_a_clear_message(fault_server, monkeypatch)
     assert time.monotonic() - started < 4.0 and service.active == 0
 
 
-def test_the_api_key_is_sent_and_never_logged_or_shown(embedded_gguf, tmp_path, caplog):
-    server = LlamaServer(embedded_gguf, tmp_path, api_key=KEY).start()
+def test_the_api_key_is_sent_and_never_logged_or_shown(llama_servers, caplog):
+    server = llama_servers(api_key=KEY).start()
     caplog.set_level(logging.DEBUG)
     try:
         spec = server.spec()
