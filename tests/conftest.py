@@ -184,8 +184,9 @@ class LlamaServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "LlamaServer":
+        # One thread: llama.cpp's threads spin on barriers, which crawls on a shared, busy 2-core box.
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.MODEL,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "2"]
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "1"]
         if self.api_key:
             cmd += ["--api_key", self.api_key]
         log = open(self.log_dir / f"llama-server-{self.port}.log", "a")

@@ -219,7 +219,8 @@ def test_the_chatbot_answers_through_an_inference_server_and_recovers_when_it_co
     answers again once it is back; the API key never reaches the page or the app's log."""
     key = "finch-test-" + "key-" + "51c0de"
     server = llama_servers(api_key=key).start()
-    env = {"FINCH_SERVER_URL": server.url, "FINCH_SERVER_MODEL": server.MODEL, "FINCH_SERVER_API_KEY": key}
+    env = {"FINCH_SERVER_URL": server.url, "FINCH_SERVER_MODEL": server.MODEL, "FINCH_SERVER_API_KEY": key,
+           "FINCH_CONTEXT_TOKENS": "100000"}  # more than the server's 4096, so the server itself refuses a long one
     url = start_app(repo_root / "chatbot_app", env)
     open_chat(page, url)
     assert f"{server.MODEL} · inference server" in page.content()
@@ -229,15 +230,17 @@ def test_the_chatbot_answers_through_an_inference_server_and_recovers_when_it_co
     page.locator(BOT).first.wait_for()
     wait_idle(page)
     assert "Paris" in last_bot_text(page)
-    server.stop()
-    send(page, "And of Italy?")
-    page.get_by_text("Not answered").first.wait_for(timeout=30_000)
-    page.get_by_text("Not answered").first.click()  # open the collapsed notice
-    page.get_by_text("The inference server is not reachable").first.wait_for(timeout=5_000)
-    wait_idle(page)
+    for n, (text, said) in enumerate([("a " * 9000, "ended the reply early"), ("And of Italy?", "is not reachable")]):
+        if n == 1:
+            server.stop()
+        send(page, text)
+        page.wait_for_function(f"() => document.querySelectorAll('[data-testid=bot]').length == {n + 2}")
+        page.get_by_text("Not answered").nth(n).click(timeout=30_000)  # open the collapsed notice
+        page.get_by_text(f"The inference server {said}").first.wait_for(timeout=5_000)
+        wait_idle(page)
     server.start()
     send(page, "What is the capital of Italy?")
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 3")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 4")
     wait_idle(page)
     assert last_bot_text(page).strip() and "Not answered" not in last_bot_text(page)
     log = (repo_root / f"app-{url.rsplit(':', 1)[1].strip('/')}.log").read_text()

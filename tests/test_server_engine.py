@@ -127,6 +127,14 @@ def test_a_long_conversation_is_trimmed_by_whole_turns_with_the_system_prompt_ke
     assert len(sent[0]) <= 400 - GREEDY.max_new_tokens
 
 
+def test_a_prompt_beyond_the_servers_context_gets_a_clear_message_and_the_next_reply_works(service, monkeypatch):
+    monkeypatch.setattr(service.engine, "context_tokens", 100_000)  # the runtime thinks it fits; the server knows
+    with pytest.raises(ValueError, match="ended the reply early; the conversation may be longer than its context"):
+        next(service.reply("a " * 9000, [], None, GREEDY))  # before the reply starts: apps show it as a notice
+    assert service.active == 0
+    assert list(service.reply("hi", [], None, GREEDY))[-1].text.strip()  # at once, on the same client
+
+
 def test_token_counts_come_from_the_servers_tokenizer(service, embedded_hf):
     from transformers import AutoTokenizer
 

@@ -71,7 +71,8 @@ class ChatService:
     def reply(
         self, message: str, history: object, system_prompt: str | None, params: GenerationParams
     ) -> Iterator[Reply]:
-        """Stream the reply to `message`. Raises ValueError (before any text) for bad input.
+        """Stream the reply to `message`. Raises ValueError (before any text) for bad input, or for an
+        inference server that cannot answer (the server engine).
 
         Closing the iterator (a Stop button, a closed tab) cancels generation within one token.
         """

@@ -129,19 +129,27 @@ class ServerEngine:
         response = self._send("POST", "/v1/chat/completions", body, stream=True)
         return _Pieces(response, cancel, self._fail)
 
-    def _send(self, method: str, path: str, body: dict, stream: bool = False) -> httpx.Response:
-        """One request; transport failures and error statuses become a ServerError."""
+    def _send(self, method: str, path: str, body: dict, stream: bool = False, probe: bool = False) -> httpx.Response:
+        """One request; transport failures and error statuses become a ServerError (in a `probe`,
+        a refusal other than auth is an answer: this server lacks the route)."""
+        request = self.client.build_request(method, self.root + path, json=body)
         try:
-            response = self.client.send(self.client.build_request(method, self.root + path, json=body), stream=stream)
+            try:
+                response = self.client.send(request, stream=stream)
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the server had just closed (it does after a failed reply):
+                # the request never arrived, so it is sent once more, on a fresh connection.
+                response = self.client.send(request, stream=stream)
         except httpx.TimeoutException:
             raise self._fail(f"did not answer within {self.timeout:g} s; it may be overloaded. Try again in a moment.")
         except httpx.TransportError as err:
             raise self._fail(f"is not reachable ({type(err).__name__}); it may be starting or down. "
                              "Try again in a minute.")
-        if response.status_code >= 400:
+        status = response.status_code
+        if status >= 400 and not (probe and status < 500 and status not in (401, 403)):
             detail = _error_detail(response)
             response.close()
-            raise self._fail(_status_advice(response.status_code, detail), status=response.status_code)
+            raise self._fail(_status_advice(status, detail), status=status)
         return response
 
     def _fail(self, what: str, status: int | None = None) -> ServerError:
@@ -163,12 +171,11 @@ class ServerEngine:
 
     def _find_route(self) -> tuple[str, str] | None:
         for path, key in TOKENIZE_ROUTES:
-            try:
-                _tokens_of(self._send("POST", path, {"model": self.model, key: "hi"}), self._fail)
+            # Down, or a key problem, raises here: the chat request would fail the same way.
+            response = self._send("POST", path, {"model": self.model, key: "hi"}, probe=True)
+            if response.status_code < 400:
+                _tokens_of(response, self._fail)
                 return path, key
-            except ServerError as err:
-                if err.status is None or err.status in (401, 403) or err.status >= 500:
-                    raise  # down, or a key problem: the chat request would fail the same way
         log.warning("the inference server has no tokenize endpoint: trimming counts UTF-8 bytes (an upper bound)")
         return None
 
@@ -215,11 +222,18 @@ class _Pieces:
     def __init__(self, response: httpx.Response, cancel: threading.Event, fail):
         self.response, self.cancel, self.fail = response, cancel, fail
         self._pieces = self._read()
+        # Wait for the first piece now: a server that fails after its 200 but before any text
+        # (llama-cpp-python's says "prompt too long" only by ending the stream) is then reported
+        # before the reply starts, where the apps show a notice.
+        self._first = next(self._pieces, None)
 
     def __iter__(self) -> "_Pieces":
         return self
 
     def __next__(self) -> str:
+        if self._first is not None:
+            piece, self._first = self._first, None
+            return piece
         return next(self._pieces)
 
     def close(self) -> None:
