@@ -189,7 +189,8 @@ class LlamaServer:
                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "1"]
         if self.api_key:
             cmd += ["--api_key", self.api_key]
-        log = open(self.log_dir / f"llama-server-{self.port}.log", "a")
+        self.log_path = self.log_dir / f"llama-server-{self.port}.log"
+        log = open(self.log_path, "a")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_for_http(f"http://127.0.0.1:{self.port}/docs", self.proc)  # /docs answers without the key
         return self

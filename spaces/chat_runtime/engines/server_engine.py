@@ -9,7 +9,8 @@ count, an upper bound for byte-level BPE tokenizers (trims early, never overflow
 
 httpx, not the `openai` package: Gradio already depends on it (nothing new in a Space), one client
 covers the chat stream and the tokenize endpoints, closing a response drops the connection at once
-(so the server stops generating), and it never retries behind the user's back.
+(so the server stops generating), and it retries nothing unasked (openai's client retries twice by
+default, which turns "the server is down" into a long wait).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ CONTROL_TEXTS = frozenset({
     "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>",
     "<s>", "</s>", "[INST]", "[/INST]", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
 })
+
+# How a request on a kept-alive connection the server has closed fails (reset, or closed unanswered).
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class ServerError(ValueError):
@@ -136,9 +140,9 @@ class ServerEngine:
         try:
             try:
                 response = self.client.send(request, stream=stream)
-            except httpx.RemoteProtocolError:
-                # A kept-alive connection the server had just closed (it does after a failed reply):
-                # the request never arrived, so it is sent once more, on a fresh connection.
+            except STALE_CONNECTION:
+                # A kept-alive connection the server had closed (as it does after a failed reply)
+                # fails before any answer: send once more, on a fresh connection.
                 response = self.client.send(request, stream=stream)
         except httpx.TimeoutException:
             raise self._fail(f"did not answer within {self.timeout:g} s; it may be overloaded. Try again in a moment.")
