@@ -170,26 +170,29 @@ class ServerEngine:
         if self._route is None:
             return len(text.encode("utf-8"))
         path, key = self._route
-        response = self._send("POST", path, {"model": self.model, key: text})
-        return len(_tokens_of(response, self._fail))
+        tokens = _tokens_of(self._send("POST", path, {"model": self.model, key: text}))
+        if tokens is None:
+            raise self._fail("answered a tokenize request with something other than a token list; try again.")
+        return len(tokens)
 
     def _find_route(self) -> tuple[str, str] | None:
         for path, key in TOKENIZE_ROUTES:
             # Down, or a key problem, raises here: the chat request would fail the same way.
             response = self._send("POST", path, {"model": self.model, key: "hi"}, probe=True)
-            if response.status_code < 400:
-                _tokens_of(response, self._fail)
+            if response.status_code < 400 and _tokens_of(response) is not None:
                 return path, key
         log.warning("the inference server has no tokenize endpoint: trimming counts UTF-8 bytes (an upper bound)")
         return None
 
 
-def _tokens_of(response: httpx.Response, fail) -> list:
+def _tokens_of(response: httpx.Response) -> list | None:
+    """The token list of a tokenize answer, or None when it is something else."""
     try:
         data = response.json()
-        return data["tokens"] if isinstance(data, dict) else list(data)
-    except (ValueError, KeyError, TypeError):
-        raise fail("answered a tokenize request with something other than a token list", status=422) from None
+        tokens = data["tokens"] if isinstance(data, dict) else data
+    except (ValueError, KeyError):
+        return None
+    return tokens if isinstance(tokens, list) else None
 
 
 def _error_detail(response: httpx.Response) -> str:
