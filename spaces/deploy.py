@@ -3,15 +3,20 @@ upload, request hardware, set the model variables.
 
     python spaces/deploy.py --app chatbot --space_id you/finch-chat --adapter you/your-adapter
     python spaces/deploy.py --app chatbot --adapter you/your-adapter --dry_run /tmp/bundle   # offline
+    FINCH_SERVER_API_KEY=... python spaces/deploy.py --app chatbot --space_id you/finch-chat \
+        --server_url https://your-vllm-host/v1 --server_model meta-llama/Llama-3.2-3B-Instruct
 
 The token comes from HF_TOKEN or `hf auth login`. A dry run writes the exact bundle that would be
 uploaded and prints the variables; `cd /tmp/bundle && python app.py` starts it locally.
+A server's API key is read from FINCH_SERVER_API_KEY (never a flag: flags end up in shell history)
+and stored as a Space secret, not a variable.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from chat_runtime.spec import ModelSpec
 from space_deploy.bundle import assemble
 from space_deploy.hub import deploy
 
@@ -31,31 +37,52 @@ class DeployArgs:
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter id on the Hub"})
     gguf: str | None = field(default=None, metadata={"help": "run a GGUF with llama.cpp instead: owner/repo/file.gguf"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the base in 4-bit on the Space's GPU"})
-    hardware: str = field(default="t4-small", metadata={"help": "Space hardware to request (e.g. cpu-basic, t4-small)"})
+    server_url: str | None = field(default=None, metadata={
+        "help": "serve through an OpenAI-compatible inference server (vLLM, TGI, llama-server) at this URL; "
+                "its API key, if any, comes from FINCH_SERVER_API_KEY"})
+    server_model: str | None = field(default=None, metadata={"help": "the model name that server serves"})
+    hardware: str | None = field(default=None, metadata={
+        "help": "Space hardware to request (default: t4-small, or cpu-basic with --server_url)"})
     private: bool = field(default=False, metadata={"help": "create the Space private"})
     dry_run: str | None = field(default=None, metadata={"help": "write the bundle to this folder and stop (no network)"})
 
 
 def variables_for(args: DeployArgs) -> dict[str, str]:
     """The Space variables that tell the runtime what to load."""
-    if not (args.model or args.adapter or args.gguf):
-        raise SystemExit("Say what the Space serves: --adapter (and optionally --model), or --gguf.")
+    if not (args.model or args.adapter or args.gguf or args.server_url):
+        raise SystemExit("Say what the Space serves: --adapter (and optionally --model), --gguf, or --server_url.")
     values = {"FINCH_MODEL": args.model, "FINCH_ADAPTER": args.adapter, "FINCH_GGUF": args.gguf,
-              "FINCH_LOAD_IN_4BIT": "1" if args.load_in_4bit else None}
-    return {k: v for k, v in values.items() if v}
+              "FINCH_LOAD_IN_4BIT": "1" if args.load_in_4bit else None,
+              "FINCH_SERVER_URL": args.server_url, "FINCH_SERVER_MODEL": args.server_model}
+    variables = {k: v for k, v in values.items() if v}
+    if args.server_url:  # the runtime's own checks, now rather than on the Space (no Hub call for a server)
+        try:
+            ModelSpec(base=args.model, adapter=args.adapter, gguf=args.gguf, load_in_4bit=args.load_in_4bit,
+                      server_url=args.server_url, server_model=args.server_model).resolved()
+        except ValueError as err:
+            raise SystemExit(f"Cannot deploy that: {err}") from None
+    return variables
+
+
+def secrets_for(args: DeployArgs) -> dict[str, str]:
+    """Space secrets: the inference server's API key, from the environment."""
+    key = (os.environ.get("FINCH_SERVER_API_KEY") or "").strip()
+    return {"FINCH_SERVER_API_KEY": key} if key and args.server_url else {}
 
 
 def main(args: DeployArgs) -> None:
     variables = variables_for(args)
     if args.dry_run:
         bundle = assemble(args.app, Path(args.dry_run), variables)
-        print(f"Bundle written to {bundle}\nSpace variables: {json.dumps(variables)}")
+        secrets = ", ".join(secrets_for(args)) or "none"  # names only
+        print(f"Bundle written to {bundle}\nSpace variables: {json.dumps(variables)}\nSpace secrets: {secrets}")
         return
     if not args.space_id:
         raise SystemExit("--space_id owner/name is needed to deploy (or use --dry_run FOLDER)")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = assemble(args.app, Path(tmp) / "bundle", variables)
-        url = deploy(bundle, args.space_id, args.hardware, variables, args.private)
+        hardware = args.hardware or ("cpu-basic" if args.server_url else "t4-small")
+        url = deploy(bundle, args.space_id, hardware, variables, args.private, secrets_for(args))
     print(f"Deployed: {url}")
 
 

@@ -193,3 +193,58 @@ def wait_until_idle():
         return time.monotonic() - started
 
     return wait
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` (llama-cpp-python's OpenAI-compatible server) on the embedded
+    GGUF, on a fixed free port, so it can be stopped and started again at the same URL."""
+
+    MODEL = "smollm2-135m"  # the name it serves the model under (FINCH_SERVER_MODEL)
+
+    def __init__(self, gguf: Path, log_dir: Path, api_key: str | None = None):
+        self.gguf, self.log_dir, self.api_key = gguf, log_dir, api_key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "LlamaServer":
+        # One thread: llama.cpp's threads spin on barriers, which crawls on a shared, busy 2-core box.
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.MODEL,
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "1"]
+        if self.api_key:
+            cmd += ["--api_key", self.api_key]
+        self.log_path = self.log_dir / f"llama-server-{self.port}.log"
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_http(f"http://127.0.0.1:{self.port}/docs", self.proc)  # /docs answers without the key
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def spec(self, **overrides):
+        from chat_runtime import ModelSpec
+
+        return ModelSpec(**{"server_url": self.url, "server_model": self.MODEL, "server_api_key": self.api_key,
+                            **overrides})
+
+
+@pytest.fixture(scope="session")
+def llama_servers(embedded_gguf, tmp_path_factory):
+    """make(api_key=None) -> a LlamaServer, not started yet; every one is stopped at the end."""
+    servers: list[LlamaServer] = []
+    log_dir = tmp_path_factory.mktemp("llama-server")
+
+    def make(api_key: str | None = None) -> LlamaServer:
+        servers.append(LlamaServer(embedded_gguf, log_dir, api_key))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -211,3 +211,41 @@ def test_closing_the_tab_ends_generation_within_a_second(chatbot, browser, wait_
     elapsed = wait_until_idle(module.service)
     assert module.service.active == 0, "generation went on after the tab closed"
     assert elapsed < 1.0
+
+
+def test_the_chatbot_answers_through_an_inference_server_and_recovers_when_it_comes_back(
+        llama_servers, start_app, page, repo_root):
+    """The unchanged app on the server engine: a reply, a clear notice while the server is down,
+    answers again once it is back; the API key never reaches the page or the app's log."""
+    key = "finch-test-" + "key-" + "51c0de"
+    server = llama_servers(api_key=key).start()
+    env = {"FINCH_SERVER_URL": server.url, "FINCH_SERVER_MODEL": server.MODEL, "FINCH_SERVER_API_KEY": key,
+           "FINCH_CONTEXT_TOKENS": "100000"}  # more than the server's 4096, so the server itself refuses a long one
+    url = start_app(repo_root / "chatbot_app", env)
+    open_chat(page, url)
+    assert f"{server.MODEL} · inference server" in page.content()
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 30)
+    send(page, "What is the capital of France?")
+    page.locator(BOT).first.wait_for()
+    wait_idle(page)
+    assert "Paris" in last_bot_text(page)
+    server.stop()
+    send(page, "And of Italy?")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 2")
+    page.get_by_text("Not answered").first.click(timeout=30_000)  # open the collapsed notice
+    page.get_by_text("The inference server is not reachable").first.wait_for(timeout=5_000)
+    wait_idle(page)
+    server.start()
+    send(page, "What is the capital of Italy?")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 3")
+    wait_idle(page)
+    assert last_bot_text(page).strip() and "Not answered" not in last_bot_text(page)
+    # An error from the server itself: a prompt beyond its context (the app was told 100k fits).
+    send(page, "a " * 9000)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 4")
+    page.get_by_text("Not answered").nth(1).click(timeout=30_000)
+    page.get_by_text("The inference server ended the reply early").first.wait_for(timeout=5_000)
+    log = (repo_root / f"app-{url.rsplit(':', 1)[1].strip('/')}.log").read_text()
+    assert "not reachable" in log  # the operator sees what happened...
+    assert key not in page.content() and key not in log  # ...and nobody sees the key

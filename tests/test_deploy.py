@@ -107,3 +107,36 @@ def test_deploy_offline_fails_cleanly_without_leaking_the_token(repo_root, tmp_p
 def test_deploy_needs_something_to_serve(repo_root):
     proc = deploy(repo_root, "--dry_run", "/tmp/never")
     assert proc.returncode != 0 and "Say what the Space serves" in proc.stderr
+
+
+def test_a_server_space_needs_no_torch_keeps_its_key_secret_and_tells_a_story(repo_root, tmp_path, llama_servers,
+                                                                           start_app):
+    key = "finch-test-" + "key-" + "d3p10y"
+    bundle = tmp_path / "story"
+    proc = deploy(repo_root, "--app", "storymaker", "--server_url", "https://llm.example.org/v1",
+                  "--server_model", "meta-llama/Llama-3.2-3B-Instruct", "--dry_run", str(bundle),
+                  env={"FINCH_SERVER_API_KEY": key})
+    assert proc.returncode == 0, proc.stderr
+    assert "FINCH_SERVER_URL" in proc.stdout and "Space secrets: FINCH_SERVER_API_KEY" in proc.stdout
+    assert key not in proc.stdout + proc.stderr + "".join(p.read_text() for p in bundle.glob("*.*"))
+    needs = [line for line in (bundle / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert not [n for n in needs if n.split("=")[0] in ("torch", "transformers", "llama-cpp-python")]
+    server = llama_servers(api_key=key).start()
+    env = {"FINCH_SERVER_URL": server.url, "FINCH_SERVER_MODEL": server.MODEL, "FINCH_SERVER_API_KEY": key,
+           "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
+    # The app builds with torch and transformers unimportable, as on a Space without them.
+    code = "import sys; sys.modules.update(torch=None, transformers=None); import app; print(app.service.engine.label)"
+    built = subprocess.run([sys.executable, "-c", code], cwd=bundle, env={**os.environ, **env}, capture_output=True,
+                           text=True, timeout=120)
+    assert built.returncode == 0 and "inference server" in built.stdout, built.stderr[-2000:]
+    from gradio_client import Client
+
+    client = Client(start_app(bundle, env), verbose=False)
+    title, choices, story, _download, _action = client.predict(
+        title="The Lost Lighthouse", genre="mystery", tone="eerie", temperature=0, max_new_tokens=60, api_name="/begin")
+    assert title.startswith("# The Lost Lighthouse") and 2 <= len(choices) <= 4 and story[0]["content"]
+
+
+def test_a_server_deploy_is_checked_before_anything_happens(repo_root):
+    proc = deploy(repo_root, "--server_url", "http://h/v1", "--dry_run", "/tmp/never")
+    assert proc.returncode != 0 and "set FINCH_SERVER_MODEL" in proc.stderr

@@ -51,3 +51,29 @@ def test_base_of_a_local_adapter_and_clear_errors(tmp_path):
 def test_impossible_specs_fail_at_start(spec, fragment):
     with pytest.raises(ValueError, match=fragment):
         spec.resolved()
+
+
+def test_env_describes_an_inference_server_and_hides_its_key(monkeypatch):
+    key = "finch-test-" + "key-" + "7e1d"
+    monkeypatch.setenv("FINCH_SERVER_URL", "https://llm.example.org/v1")
+    monkeypatch.setenv("FINCH_SERVER_MODEL", "meta-llama/Llama-3.2-3B-Instruct")
+    monkeypatch.setenv("FINCH_SERVER_API_KEY", key)
+    spec = from_env().resolved()
+    assert (spec.engine, spec.server_model, spec.server_api_key) == ("server", "meta-llama/Llama-3.2-3B-Instruct", key)
+    assert spec.gguf is None  # no embedded model is loaded beside a server
+    assert key not in repr(spec) and key not in spec.label and "example.org" not in spec.label
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        (ModelSpec(engine="server"), "needs FINCH_SERVER_URL"),
+        (ModelSpec(server_url="http://127.0.0.1:8000/v1"), "set FINCH_SERVER_MODEL"),
+        (ModelSpec(server_url="127.0.0.1:8000", server_model="m"), "must be an http"),
+        (ModelSpec(server_url="http://h/v1", server_model="m", gguf="x.gguf"), "not both"),
+        (ModelSpec(server_url="http://h/v1", server_model="m", engine="llamacpp"), "for the server engine"),
+    ],
+)
+def test_impossible_server_specs_fail_at_start(spec, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        spec.resolved()

@@ -71,7 +71,8 @@ class ChatService:
     def reply(
         self, message: str, history: object, system_prompt: str | None, params: GenerationParams
     ) -> Iterator[Reply]:
-        """Stream the reply to `message`. Raises ValueError (before any text) for bad input.
+        """Stream the reply to `message`. Raises ValueError (before any text) for bad input, or for an
+        inference server that cannot answer (the server engine).
 
         Closing the iterator (a Stop button, a closed tab) cancels generation within one token.
         """
@@ -85,18 +86,23 @@ class ChatService:
         messages, dropped = trim_to_budget(messages, lambda m: len(self.engine.encode_chat(m)), budget)
         if dropped:
             log.info("trimmed %d earlier messages to fit the context", dropped)
-        prompt_ids = self.engine.encode_chat(messages)
+        prompt = self.engine.encode_chat(messages)
         cancel = threading.Event()
         with self._slots:
             with self._active_lock:
                 self._active += 1
-            text = ""
+            text, pieces = "", None
             try:
+                # Called before the first update: the server engine connects here, so a down server
+                # is reported where apps show bad input (the local engines start on the first piece).
+                pieces = self.engine.stream(prompt, params, cancel)
                 yield Reply("", dropped)
-                for piece in self.engine.stream(prompt_ids, params, cancel):
+                for piece in pieces:
                     text += piece
                     yield Reply(text, dropped)
             finally:
                 cancel.set()
+                if pieces is not None:
+                    pieces.close()
                 with self._active_lock:
                     self._active -= 1

@@ -45,3 +45,6 @@ QUEUE_SIZE = _env_int("FINCH_QUEUE_SIZE", 16)
 CANCEL_GRACE_SECONDS = _env_float("FINCH_CANCEL_GRACE_SECONDS", 1.0)
 # Longest story title (and genre, tone) the storymaker keeps, in characters; longer ones are cut.
 MAX_TITLE_CHARS = _env_int("FINCH_MAX_TITLE_CHARS", 120)
+# Seconds the server engine waits to connect and for each piece of a reply before telling the user
+# the inference server is too slow (a long prompt's first piece is the slowest).
+SERVER_TIMEOUT_SECONDS = _env_float("FINCH_SERVER_TIMEOUT", 60.0)

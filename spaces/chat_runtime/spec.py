@@ -1,13 +1,18 @@
-"""What to load: a base model (+ optional LoRA adapter) for transformers, or a GGUF for llama.cpp.
+"""What to load: a base model (+ optional LoRA adapter) for transformers, a GGUF for llama.cpp, or
+an OpenAI-compatible inference server to talk to (vLLM, TGI, llama.cpp's llama-server, ...).
 
 On a Space the spec comes from environment variables (set by the deploy command):
-  FINCH_ENGINE        auto | transformers | llamacpp   (auto: a GGUF -> llamacpp, else transformers)
+  FINCH_ENGINE        auto | transformers | llamacpp | server
+                      (auto: a server URL -> server, a GGUF -> llamacpp, else transformers)
   FINCH_MODEL         base model: Hub id or local folder (read from the adapter when unset)
   FINCH_ADAPTER       LoRA adapter: Hub id or local folder
   FINCH_GGUF          GGUF file: local path, or `owner/repo/file.gguf` on the Hub
   FINCH_GGUF_LORA     optional LoRA GGUF loaded beside FINCH_GGUF
   FINCH_LOAD_IN_4BIT  1 to load the base in 4-bit (bitsandbytes; CUDA only)
   FINCH_TRUST_REMOTE_CODE  1 to run a model repo's own code (off unless you ask)
+  FINCH_SERVER_URL    base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
+  FINCH_SERVER_MODEL  the model name that server serves (its GET /v1/models lists it)
+  FINCH_SERVER_API_KEY  optional bearer key for that server (a Space secret; never logged or shown)
 With none of them set, the embedded SmolLM2-135M-Instruct GGUF runs on llama.cpp.
 """
 
@@ -15,17 +20,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import embedded
 
-ENGINE_NAMES = ("transformers", "llamacpp")
+ENGINE_NAMES = ("transformers", "llamacpp", "server")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to serve. Exactly one of (base and/or adapter) or gguf is set."""
+    """A model to serve. Exactly one of (base and/or adapter), gguf or server_url is set."""
 
     engine: str = "auto"
     base: str | None = None
@@ -34,10 +40,15 @@ class ModelSpec:
     gguf_lora: str | None = None
     load_in_4bit: bool = False
     trust_remote_code: bool = False
+    server_url: str | None = None
+    server_model: str | None = None
+    server_api_key: str | None = field(default=None, repr=False)  # a secret: kept out of repr and labels
 
     def resolved(self) -> "ModelSpec":
         """Fill in the engine and the base model; raise ValueError for an impossible spec."""
         spec = self
+        if spec.server_url or spec.engine == "server":
+            return spec._resolved_server()
         if not (spec.base or spec.adapter or spec.gguf):
             spec = replace(spec, gguf=str(embedded.gguf_path()))
         if spec.gguf and (spec.base or spec.adapter):
@@ -59,9 +70,32 @@ class ModelSpec:
         base = spec.base or (base_of_adapter(spec.adapter) if spec.adapter else None)
         return replace(spec, engine=engine, base=base)
 
+    def _resolved_server(self) -> "ModelSpec":
+        """Checks for the server engine: a URL and a model name, and nothing to load locally."""
+        if self.engine not in ("auto", "server"):
+            raise ValueError(f"FINCH_SERVER_URL is for the server engine, not {self.engine!r}: unset one of them")
+        if self.base or self.adapter or self.gguf or self.gguf_lora or self.load_in_4bit:
+            raise ValueError(
+                "Set either an inference server (FINCH_SERVER_URL) or a model to load here "
+                "(FINCH_MODEL/FINCH_ADAPTER/FINCH_GGUF/FINCH_LOAD_IN_4BIT), not both."
+            )
+        if not self.server_url:
+            raise ValueError("the server engine needs FINCH_SERVER_URL, e.g. http://127.0.0.1:8000/v1")
+        url = urlsplit(self.server_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            # The URL itself is not repeated: it may carry credentials.
+            raise ValueError("FINCH_SERVER_URL must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        if not self.server_model:
+            raise ValueError(
+                "set FINCH_SERVER_MODEL to the model name the server serves (its GET /v1/models lists it)"
+            )
+        return replace(self, engine="server")
+
     @property
     def label(self) -> str:
         """A short human name for the page: model, adapter and engine."""
+        if self.server_url:
+            return f"{self.server_model}"  # the endpoint stays off the page: it may be private
         if self.gguf:
             name = Path(self.gguf).name
             return f"{name}" + (f" + LoRA {Path(self.gguf_lora).name}" if self.gguf_lora else "")
@@ -83,6 +117,9 @@ def from_env() -> ModelSpec:
         gguf_lora=get("FINCH_GGUF_LORA"),
         load_in_4bit=_flag("FINCH_LOAD_IN_4BIT"),
         trust_remote_code=_flag("FINCH_TRUST_REMOTE_CODE"),
+        server_url=get("FINCH_SERVER_URL"),
+        server_model=get("FINCH_SERVER_MODEL"),
+        server_api_key=get("FINCH_SERVER_API_KEY"),
     )
 
 

@@ -16,6 +16,8 @@ APPS = {"chatbot": ROOT / "chatbot_app", "storymaker": ROOT / "storymaker_app"}
 RUNTIME = ROOT / "spaces" / "chat_runtime"
 SHADOWING_NAMES = {"spaces", "gguf"}  # import names of packages the Space runs with
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
+# A Space that talks to an inference server loads no model: Gradio (and its httpx) is all it needs.
+SERVER_REQUIREMENTS = "# The model runs on the inference server (FINCH_SERVER_URL): no torch here.\nhuggingface_hub==2.4.0\n"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "flagged", ".gradio")
 
 
@@ -32,6 +34,8 @@ def assemble(app: str, dest: Path, variables: dict[str, str]) -> Path:
         if variables.get("FINCH_GGUF"):
             with open(tmp / "requirements.txt", "a") as f:
                 f.write(f"{LLAMA_CPP_REQUIREMENT}\n")
+        if variables.get("FINCH_SERVER_URL"):
+            (tmp / "requirements.txt").write_text(SERVER_REQUIREMENTS)
         _set_card_models(tmp / "README.md", variables)
         check_bundle(tmp)
         if dest.exists():

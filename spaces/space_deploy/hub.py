@@ -12,7 +12,8 @@ from chat_runtime.hub import describe_error, token_or_exit
 log = logging.getLogger(__name__)
 
 
-def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str], private: bool) -> str:
+def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str], private: bool,
+           secrets: dict[str, str] | None = None) -> str:
     """Upload `bundle` to the Space `space_id` and configure it; return the Space's URL."""
     token = token_or_exit()
     api = HfApi(token=token)
@@ -22,11 +23,16 @@ def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str]
                           commit_message="Deploy with Finch")
         for key, value in variables.items():
             api.add_space_variable(space_id, key, value)
+        for key, value in (secrets or {}).items():
+            api.add_space_secret(space_id, key, value)
         if hardware:
             api.request_space_hardware(space_id, hardware)
     except Exception as err:  # network, auth, quota: say what failed without echoing request headers
+        reason = describe_error(err, token)
+        for value in (secrets or {}).values():
+            reason = reason.replace(value, "***")
         raise SystemExit(
-            f"Deploying to {space_id} failed: {describe_error(err, token)}. "
+            f"Deploying to {space_id} failed: {reason}. "
             "Check your network, that the token can write to this namespace, and the hardware name. "
             "The bundle is complete; deploy again to retry."
         ) from None

@@ -18,7 +18,13 @@ def _llamacpp(spec: ModelSpec) -> Engine:
     return LlamaCppEngine(spec)
 
 
-ENGINES = {"transformers": _transformers, "llamacpp": _llamacpp}
+def _server(spec: ModelSpec) -> Engine:
+    from .server_engine import ServerEngine
+
+    return ServerEngine(spec)
+
+
+ENGINES = {"transformers": _transformers, "llamacpp": _llamacpp, "server": _server}
 
 
 def load_engine(spec: ModelSpec) -> Engine:
