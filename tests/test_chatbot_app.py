@@ -211,3 +211,20 @@ def test_closing_the_tab_ends_generation_within_a_second(chatbot, browser, wait_
     elapsed = wait_until_idle(module.service)
     assert module.service.active == 0, "generation went on after the tab closed"
     assert elapsed < 1.0
+
+
+def test_the_page_refuses_blank_and_huge_messages_and_answers_every_script(chatbot, page):
+    _, url = chatbot
+    open_chat(page, url)
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 8)
+    send(page, "   ")
+    page.get_by_text("Type a message first").first.wait_for(timeout=15_000)  # at the box, nothing sent
+    send(page, "x" * 100_000)
+    page.get_by_text("the limit is 20,000").first.wait_for(timeout=15_000)
+    assert page.locator(BOT).count() == 0
+    send(page, "Hi \x07\x1b[31m \u202eabc\u202c ನಮಸ್ಕಾರ 👋🏽 مرحبا بك 你好 — say hello back.")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=user]')].some(e => e.innerText.includes('ನಮಸ್ಕಾರ'))")
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert page.locator(BOT).count() == 1 and last_bot_text(page).strip()
