@@ -169,3 +169,23 @@ def wait_until_idle():
         return time.monotonic() - started
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def launch_app():
+    """`launch_app(folder, env, log) -> (process, port)`: `python app.py` started in `folder` (an app
+    folder or a Space bundle) on a free port, as a user or a Space runs it. The caller stops it
+    (terminate), so a module-scoped server can be shared by that module's tests."""
+
+    def launch(folder: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                env={**os.environ, "GRADIO_SERVER_PORT": str(port), **env})
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/", proc)
+        except Exception:
+            proc.kill()
+            raise
+        return proc, port
+
+    return launch
