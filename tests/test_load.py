@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
-from gradio_client.utils import QueueError
+from gradio_client.utils import QueueError, Status
 
 pytestmark = pytest.mark.e2e
 
@@ -64,20 +64,25 @@ def test_eight_concurrent_sessions_each_get_their_own_answer(server):
 
 def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(server):
     url, _ = server
-    long_client = Client(url, verbose=False)
-    long_job = long_client.submit(message="Write a very long story about a dragon, with many chapters.", temperature=1,
-                                  max_new_tokens=2000, api_name="/chat")
-    deadline = time.monotonic() + 60
+    clients = [Client(url, verbose=False) for _ in range(QUEUE_SIZE + 1)]  # connected before the slot is taken
+    # Greedy counting to 500 runs for ~1,000 tokens without an EOS: the slot stays taken while the queue fills.
+    long_job = Client(url, verbose=False).submit(message="Write the numbers from 1 to 500, separated by commas.",
+                                                 temperature=0, repetition_penalty=1.0, max_new_tokens=2000,
+                                                 api_name="/chat")
+    deadline = time.monotonic() + 120
     while not long_job.outputs():  # it holds the one generation slot
         assert time.monotonic() < deadline and not long_job.done(), "the long reply never started"
         time.sleep(0.05)
-    waiting = [Client(url, verbose=False).submit(message=f"Name a city in {country}.", temperature=0, max_new_tokens=2,
-                                                 api_name="/chat") for country in COUNTRIES[:QUEUE_SIZE]]
-    time.sleep(1.0)  # let every waiting request join the queue
+    waiting = [client.submit(message=f"Name a city in {country}.", temperature=0, max_new_tokens=2, api_name="/chat")
+               for client, country in zip(clients, COUNTRIES[:QUEUE_SIZE])]
+    while not all(job.status().code == Status.IN_QUEUE for job in waiting):  # every one has joined the queue
+        assert time.monotonic() < deadline, [job.status().code for job in waiting]
+        time.sleep(0.05)
     started = time.monotonic()
     with pytest.raises(QueueError, match="Queue is full! Please try again."):
-        Client(url, verbose=False).predict(message="Hello?", **GREEDY, api_name="/chat")
+        clients[-1].predict(message="Hello?", **GREEDY, api_name="/chat")
     assert time.monotonic() - started < 15, "a refused client must hear so at once, not hang"
+    assert not long_job.done(), "the long reply ended early: the queue was not full for the right reason"
     long_job.cancel()  # Stop: the slot frees and the queue drains
     for job in waiting:
         assert isinstance(job.result(timeout=120), str)
