@@ -58,17 +58,27 @@ def respond(message, history, system_prompt, temperature, top_p, max_new_tokens,
         stream.close()  # Stop or a closed tab lands here: the runtime cancels generation
 
 
+def api_raw(component, convert=lambda payload: payload):
+    """Let an API caller's raw value through to the runtime's `validate`, whose notice names the
+    setting and its range. Gradio's own slider check says only "Value 5 is greater than maximum value
+    2.0", fails with a bare "Error" on None or text, and a message of None breaks inside ChatInterface.
+    (A component subclass would do the same, but Gradio then writes an app.pyi beside app.py.)"""
+    component.preprocess = convert
+    return component
+
+
 def _slider(name: str, label: str, step: float, info: str) -> gr.Slider:
     low, high = RANGES[name]
-    return gr.Slider(low, high, value=getattr(DEFAULTS, name), step=step, label=label, info=info, render=False)
+    return api_raw(gr.Slider(low, high, value=getattr(DEFAULTS, name), step=step, label=label, info=info, render=False))
 
 
 with gr.Blocks(title="Finch chatbot", fill_height=True) as demo:
     gr.Markdown(f"## Finch chatbot\nModel: **{service.engine.label}**")
     gr.ChatInterface(
         respond,
-        textbox=gr.Textbox(placeholder="Type a message...", elem_id="chat-input", submit_btn=True, stop_btn=True,
-                           autofocus=True, scale=7, render=False),
+        textbox=api_raw(gr.Textbox(placeholder="Type a message...", elem_id="chat-input", submit_btn=True,
+                                   stop_btn=True, autofocus=True, scale=7, render=False),
+                        lambda payload: "" if payload is None else str(payload)),
         additional_inputs=[
             gr.Textbox(SYSTEM_PROMPT, label="System prompt", lines=2, render=False),
             _slider("temperature", "Temperature", 0.05, "0 = deterministic; higher = more varied"),

@@ -140,9 +140,18 @@ def check_action(action, story, *settings):
     return (gr.validate(not message, message), gr.validate(True, "")) + tuple(gr.validate(True, "") for _ in settings)
 
 
+def api_raw(component):
+    """Let an API caller's raw value through to the runtime's `validate`, whose notice names the
+    setting and its range. Gradio's own slider check says only "Value 5 is greater than maximum value
+    2.0", and fails with a bare "Error" on None or text. (A component subclass would do the same,
+    but Gradio then writes an app.pyi beside app.py.)"""
+    component.preprocess = lambda payload: payload
+    return component
+
+
 def _slider(name: str, label: str, step: float, info: str) -> gr.Slider:
     low, high = RANGES[name]
-    return gr.Slider(low, high, value=getattr(DEFAULTS, name), step=step, label=label, info=info)
+    return api_raw(gr.Slider(low, high, value=getattr(DEFAULTS, name), step=step, label=label, info=info))
 
 
 with gr.Blocks(title="Finch storymaker") as demo:

@@ -103,20 +103,23 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
 
 
 @pytest.fixture
-def start_app():
-    """Start `python app.py` from a folder as a subprocess on a free port; stop it afterwards."""
+def start_app(tmp_path_factory):
+    """Start `python app.py` from a folder as a subprocess on a free port; stop it afterwards.
+    Its output goes to `start.log_dir / app-PORT.log`."""
     procs: list[subprocess.Popen] = []
+    log_dir = tmp_path_factory.mktemp("apps")
 
     def start(app_dir: Path, env: dict[str, str] | None = None) -> str:
         port = free_port()
         full_env = {**os.environ, "GRADIO_SERVER_PORT": str(port), **(env or {})}
-        log = open(Path(app_dir).parent / f"app-{port}.log", "w") if os.access(Path(app_dir).parent, os.W_OK) else subprocess.DEVNULL
+        log = open(log_dir / f"app-{port}.log", "w")
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=app_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/"
         wait_for_http(url, proc)
         return url
 
+    start.log_dir = log_dir
     yield start
     for proc in procs:
         proc.terminate()
@@ -248,3 +251,23 @@ def llama_servers(embedded_gguf, tmp_path_factory):
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def launch_app():
+    """`launch_app(folder, env, log) -> (process, port)`: `python app.py` started in `folder` (an app
+    folder or a Space bundle) on a free port, as a user or a Space runs it. The caller stops it
+    (terminate), so a module-scoped server can be shared by that module's tests."""
+
+    def launch(folder: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                env={**os.environ, "GRADIO_SERVER_PORT": str(port), **env})
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/", proc)
+        except Exception:
+            proc.kill()
+            raise
+        return proc, port
+
+    return launch

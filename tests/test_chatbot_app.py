@@ -246,6 +246,23 @@ def test_the_chatbot_answers_through_an_inference_server_and_recovers_when_it_co
     page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 4")
     page.get_by_text("Not answered").nth(1).click(timeout=30_000)
     page.get_by_text("The inference server ended the reply early").first.wait_for(timeout=5_000)
-    log = (repo_root / f"app-{url.rsplit(':', 1)[1].strip('/')}.log").read_text()
+    log = (start_app.log_dir / f"app-{url.rsplit(':', 1)[1].strip('/')}.log").read_text()
     assert "not reachable" in log  # the operator sees what happened...
     assert key not in page.content() and key not in log  # ...and nobody sees the key
+
+
+def test_the_page_refuses_blank_and_huge_messages_and_answers_every_script(chatbot, page):
+    _, url = chatbot
+    open_chat(page, url)
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 8)
+    send(page, "   ")
+    page.get_by_text("Type a message first").first.wait_for(timeout=15_000)  # at the box, nothing sent
+    send(page, "x" * 100_000)
+    page.get_by_text("the limit is 20,000").first.wait_for(timeout=15_000)
+    assert page.locator(BOT).count() == 0
+    send(page, "Hi \x07\x1b[31m \u202eabc\u202c ನಮಸ್ಕಾರ 👋🏽 مرحبا بك 你好 — say hello back.")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=user]')].some(e => e.innerText.includes('ನಮಸ್ಕಾರ'))")
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert page.locator(BOT).count() == 1 and last_bot_text(page).strip()

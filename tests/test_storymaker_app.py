@@ -125,13 +125,22 @@ def test_a_hostile_title_is_cut_shown_as_text_and_the_story_goes_on(storymaker, 
     assert "x" * limits.MAX_TITLE_CHARS not in prompt
     assert 2 <= len(choices(page)) <= 4
 
-    # A typed action with markup is shown as typed, and the story goes on.
+    # A 100,000-character action gets a notice; the story stays as it was.
     action = page.locator(ACTION).first
-    action.fill("I shout <i>hello</i> **loudly**")
+    action.fill("x" * 100_000)
     page.locator("#act").click()
+    page.get_by_text(module.NOTICE_TITLE).first.wait_for(timeout=30_000)
+    page.get_by_text(module.NOTICE_TITLE).first.click()  # the notice opens to say why
+    page.get_by_text("too long for this model").first.wait_for(timeout=5_000)
+    assert page.locator("#story [data-testid=user]").count() == 0 and 2 <= len(choices(page)) <= 4
+    # A typed action with markup, other scripts and control characters is shown as typed (the
+    # invisible controls dropped), and the story goes on.
+    action.fill(f"I shout <i>hello</i> **loudly** {KANNADA} 👋🏽 مرحبا\u202e\x07")
+    page.locator("#act").click()
+    page.wait_for_function("() => document.querySelectorAll('#story [data-testid=user]').length == 1")
     wait_turn(page, 2)
     user = page.locator("#story [data-testid=user]")
-    assert user.inner_text().strip() == "I shout <i>hello</i> **loudly**"
+    assert user.inner_text().strip() == f"I shout <i>hello</i> **loudly** {KANNADA} 👋🏽 مرحبا"
     assert page.locator("#story [data-testid=user] i, #story [data-testid=user] strong").count() == 0
     assert action.input_value() == "" and 2 <= len(choices(page)) <= 4
     assert dialogs == []

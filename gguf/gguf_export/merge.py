@@ -124,7 +124,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype_name: 
     if dtype_name not in MERGE_DTYPES:
         raise ExportError(f"unknown merge dtype {dtype_name!r}: choose from {', '.join(MERGE_DTYPES)}")
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer(adapter_dir) else base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype_name))
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype_name), use_safetensors=True)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # Tokens added during fine-tuning: the adapter's embeddings are sized for the new vocabulary.
         model.resize_token_embeddings(len(tokenizer))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from chat_runtime.spec import require_safetensors
+
 from . import converter as conv
 from .errors import ExportError
 from .files import atomic_output, check_free_space, remove_leftovers, work_dir
@@ -104,6 +106,12 @@ def run_export(
     else:
         adapter_dir, base = None, model
         base_dir = local_folder(model, "the model {source}", "Check the id or path, or log in for a private repo (HF_TOKEN).")
+    try:  # the converter and the merge would read a pickle (.bin) as readily as safetensors
+        require_safetensors(str(base_dir), "the base model" if adapter_dir is not None else "the model")
+        if adapter_dir is not None:
+            require_safetensors(str(adapter_dir), "the adapter")
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     converter = conv.find_converter(llama_cpp_dir, cache)
     if adapter_dir is not None:
         arch = (json.loads((base_dir / "config.json").read_text()).get("architectures") or ["?"])[0]

@@ -144,3 +144,33 @@ def base_of_adapter(adapter: str) -> str:
     if not base:
         raise ValueError(f"{adapter}'s adapter_config.json names no base model: set FINCH_MODEL (or --model)")
     return base
+
+
+# Weight files that are Python pickles: loading one can run any code the file's author chose.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def require_safetensors(source: str, what: str, hub_file: str | None = None) -> None:
+    """Refuse weights that are not safetensors, before anything is loaded.
+
+    A local folder must hold a .safetensors file; a Hub id is checked for `hub_file` when given
+    (transformers' own `use_safetensors=True` covers full models; peft would fall back to a pickle).
+    """
+    folder = Path(source).expanduser()
+    fix = ("Finch loads safetensors only, because a pickle weight file can run code when it is loaded. "
+           "Where you trust the file, re-save it once with `save_pretrained(folder)` (it writes safetensors).")
+    if folder.is_dir():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles and not any(folder.glob("*.safetensors")):
+            raise ValueError(f"{what} {source} has its weights only in {', '.join(pickles)}, no .safetensors. {fix}")
+        return  # safetensors (read first, and only, by the loaders), or no weights: the loader says so
+    if hub_file is None:
+        return
+    try:
+        from huggingface_hub import file_exists
+
+        present = file_exists(source, hub_file)
+    except Exception:  # offline or private: the load itself says so, and it reads safetensors first
+        return
+    if not present:
+        raise ValueError(f"{what} {source} has no {hub_file} on the Hub. {fix}")

@@ -93,6 +93,10 @@ class Story:
     @classmethod
     def new(cls, title: object, genre: object = "", tone: object = "") -> "Story":
         """A new story; the fields are cleaned and cut to MAX_TITLE_CHARS. ValueError for no title."""
+        given = {"title": title, "genre": genre, "tone": tone}
+        for name, value in given.items():
+            if value is not None and not isinstance(value, str):  # an API caller's number or list
+                raise ValueError(f"The story's {name} must be text, got {type(value).__name__}: send it as a string.")
         title = clean_text(title)
         if not title:
             raise ValueError("Give your story a title first, e.g. “The Lighthouse at the End of the World”.")

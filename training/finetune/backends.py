@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from chat_runtime.engines.transformers_engine import bnb_config, pick_dtype_name
+from chat_runtime.spec import require_safetensors
 
 from .config import LoraArgs, ModelArgs
 
@@ -59,6 +60,10 @@ def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     four_bit = margs.load_in_4bit and device.kind == "cuda"
+    try:
+        require_safetensors(model_path, "the model")
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     kwargs = dict(dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=margs.trust_remote_code)
     if four_bit:
         kwargs.update(quantization_config=bnb_config(device.dtype), device_map={"": 0})

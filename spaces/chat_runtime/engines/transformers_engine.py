@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from .. import limits
 from ..params import GenerationParams
-from ..spec import ModelSpec
+from ..spec import ModelSpec, require_safetensors
 from ..templating import Message, encode, segments
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,20 @@ class TransformersEngine:
         dtype_name = pick_dtype_name(self.device, capability)
         if spec.load_in_4bit and self.device != "cuda":
             raise ValueError("4-bit loading (FINCH_LOAD_IN_4BIT) needs a CUDA GPU; unset it to run on CPU")
+        require_safetensors(spec.base, "the base model")
+        if spec.adapter:
+            require_safetensors(spec.adapter, "the adapter", hub_file="adapter_model.safetensors")
         kwargs = dict(dtype=getattr(torch, dtype_name), use_safetensors=True, trust_remote_code=spec.trust_remote_code)
         if spec.load_in_4bit:
             kwargs.update(quantization_config=bnb_config(dtype_name), device_map={"": 0})
         log.info("loading %s (%s, %s)", spec.base, self.device, "4-bit" if spec.load_in_4bit else dtype_name)
-        model = AutoModelForCausalLM.from_pretrained(spec.base, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec.base, **kwargs)
+        except ValueError as err:
+            if "trust_remote_code" not in str(err):
+                raise
+            raise ValueError(f"{spec.base} needs its own Python code to load, and Finch runs a model repo's code only "
+                             "when asked. Read that code; if you trust it, set FINCH_TRUST_REMOTE_CODE=1.") from None
         # The adapter folder carries the tokenizer and chat template it was trained with.
         tokenizer_source = spec.adapter if spec.adapter and _has_tokenizer(spec.adapter) else spec.base
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=spec.trust_remote_code)

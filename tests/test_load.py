@@ -1,0 +1,113 @@
+"""Load on the chatbot, started as `python app.py` with a small queue (FINCH_QUEUE_SIZE=8): eight
+concurrent gradio_client sessions each get the answer to their own prompt, a client beyond the
+queue's bound is told at once that the app is busy, and the server's memory stays flat."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from gradio_client.utils import QueueError, Status
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE_SIZE = 8
+COUNTRIES = ["France", "Japan", "Italy", "Egypt", "Canada", "Spain", "Germany", "Peru"]
+GREEDY = dict(temperature=0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, launch_app):
+    """The chatbot in its own process: (url, pid)."""
+    log = tmp_path_factory.mktemp("load") / "app.log"
+    proc, port = launch_app(ROOT / "chatbot_app", {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE)}, log)
+    yield f"http://127.0.0.1:{port}/", proc.pid
+    proc.terminate()
+    proc.wait(10)
+
+
+def ask(url: str, message: str, **params) -> str:
+    client = Client(url, verbose=False)  # a session of its own: no history from another test
+    return client.predict(message=message, **params, api_name="/chat")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_eight_concurrent_sessions_each_get_their_own_answer(server):
+    url, _ = server
+    prompts = [f"What is the capital of {country}?" for country in COUNTRIES]
+    # Alone, at temperature 0, each prompt has one answer; they all differ, so a reply that went to
+    # the wrong session (or mixed two) cannot equal its own prompt's answer.
+    alone = [ask(url, p, **GREEDY) for p in prompts]
+    assert len(set(alone)) == len(prompts), alone
+    start = threading.Barrier(len(prompts))
+
+    def together(prompt: str) -> str:
+        client = Client(url, verbose=False)
+        start.wait()  # all eight requests go out at once
+        return client.predict(message=prompt, **GREEDY, api_name="/chat")
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        replies = list(pool.map(together, prompts))
+    assert replies == alone
+
+
+def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(server):
+    url, _ = server
+    clients = [Client(url, verbose=False) for _ in range(QUEUE_SIZE + 1)]  # connected before the slot is taken
+    # Greedy counting to 500 runs for ~1,000 tokens without an EOS: the slot stays taken while the queue fills.
+    long_job = Client(url, verbose=False).submit(message="Write the numbers from 1 to 500, separated by commas.",
+                                                 temperature=0, repetition_penalty=1.0, max_new_tokens=2000,
+                                                 api_name="/chat")
+    deadline = time.monotonic() + 120
+    while not long_job.outputs():  # it holds the one generation slot
+        assert time.monotonic() < deadline and not long_job.done(), "the long reply never started"
+        time.sleep(0.05)
+    waiting = [client.submit(message=f"Name a city in {country}.", temperature=0, max_new_tokens=2, api_name="/chat")
+               for client, country in zip(clients, COUNTRIES[:QUEUE_SIZE])]
+    while not all(job.status().code == Status.IN_QUEUE for job in waiting):  # every one has joined the queue
+        assert time.monotonic() < deadline, [job.status().code for job in waiting]
+        time.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(QueueError, match="Queue is full! Please try again."):
+        clients[-1].predict(message="Hello?", **GREEDY, api_name="/chat")
+    assert time.monotonic() - started < 15, "a refused client must hear so at once, not hang"
+    assert not long_job.done(), "the long reply ended early: the queue was not full for the right reason"
+    long_job.cancel()  # Stop: the slot frees and the queue drains
+    for job in waiting:
+        assert isinstance(job.result(timeout=120), str)
+    assert ask(url, "Say hello.", **GREEDY).strip()  # and the app serves again
+
+
+def test_memory_stays_flat_over_200_requests(server):
+    url, pid = server
+
+    def burst(n: int, offset: int) -> None:
+        def worker(k: int) -> None:
+            client = Client(url, verbose=False)
+            for i in range(k, n, 4):
+                client.reset_session()  # a fresh conversation each time, as new visitors bring
+                client.predict(message=f"Say the number {offset + i}.", temperature=0, max_new_tokens=2, api_name="/chat")
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(worker, range(4)))
+
+    burst(20, 0)  # warm-up: caches, first allocations
+    before = rss_mib(pid)
+    burst(100, 1000)
+    middle = rss_mib(pid)
+    burst(100, 2000)
+    after = rss_mib(pid)
+    print(f"\nchatbot RSS: {before:.0f} MiB after warm-up, {middle:.0f} after 100 requests, {after:.0f} after 200")
+    assert after - before < 64, f"RSS grew {after - before:.0f} MiB over 200 requests"
+    assert after - middle < 32, f"RSS still growing: {middle:.0f} -> {after:.0f} MiB over the last 100 requests"
