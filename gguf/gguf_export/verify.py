@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from chat_runtime.spec import require_safetensors
 from chat_runtime.templating import Message, encode, segments
 
+from .errors import ExportError
 from .merge import has_tokenizer, merge_adapter, resolve_adapter
 
 log = logging.getLogger(__name__)
@@ -228,6 +230,11 @@ def verify_adapter(adapter: str | Path, ggufs: dict[str, Path] | None = None, *,
     from transformers import AutoTokenizer
 
     adapter_dir, base_dir, _ = resolve_adapter(str(adapter), model)
+    try:  # pickled weights are refused before anything reads them, as in the export
+        require_safetensors(str(base_dir), "the base model")
+        require_safetensors(str(adapter_dir), "the adapter")
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer(adapter_dir) else base_dir)
     messages = conversations(prompts)
     prompt_ids = [hf_prompt_ids(tokenizer, m) for m in messages]
@@ -255,7 +262,6 @@ def _export(merged: Path, scratch: Path, quants: list[str], cache: Path | None, 
     """GGUF files of the merged folder, in `scratch`; a missing llama.cpp skips these hops, saying why."""
     from chat_runtime.embedded import cache_dir
 
-    from .errors import ExportError
     from .pipeline import run_export
 
     try:
