@@ -392,6 +392,6 @@ def test_a_llama3_template_gguf_prompts_with_the_ids_training_used(embedded_hf, 
     for turns in (conversation[:2], conversation[:4]):  # each generation prompt training saw a reply after
         prompt = engine.encode_chat(turns)
         assert trained[0]["input_ids"][: len(prompt)] == prompt
-        assert tok.convert_ids_to_tokens(prompt[-4:])[:1] == ["<|start_header_id|>"]
+        assert tok.convert_tokens_to_ids("<|start_header_id|>") in prompt[-6:]  # one control token, not its characters
     engine.llm.close()
 
