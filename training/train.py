@@ -4,7 +4,7 @@ folder (adapter, tokenizer + chat template, recipe, metrics, loss plot, samples,
     python training/train.py                                              # production recipe (GPU, Hub)
     python training/train.py --config training/recipes/cpu-smollm2-sample.yaml   # 3 minutes on a CPU
     python training/train.py --config training/recipes/llama32-3b-kannada.yaml --push_to_hub you/name
-    accelerate launch --config_file training/accelerate/multi-gpu.yaml training/train.py   # several GPUs
+    accelerate launch --config_file training/accelerate_configs/multi-gpu.yaml training/train.py   # several GPUs
 
 Defaults < YAML recipe (--config) < command line; `--help` lists every option. An interrupted
 run resumes from its newest checkpoint when the same command runs again.
@@ -78,16 +78,16 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     # Data first: a data set with nothing usable fails before any model is loaded.
     from transformers import AutoTokenizer
 
-    try:
-        with dist.main_first():  # prepared once; the other processes read the datasets cache
+    with dist.main_first():  # prepared once; the other processes read the datasets cache
+        try:
             prepared = data.prepare(dargs.dataset, dargs.dataset_format, dargs.dataset_weight, dargs.eval_fraction,
                                     targs.seed, dargs.max_rows, dargs.dataset_split, dargs.num_proc)
             tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
             train_ds, dropped_train = masking.tokenize(prepared.train, tokenizer, margs.max_seq_length, dargs.num_proc)
             eval_ds, dropped_eval = (masking.tokenize(prepared.eval, tokenizer, margs.max_seq_length, dargs.num_proc)
                                      if prepared.eval is not None else (None, {}))
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-        raise SystemExit(f"Data preparation failed, nothing was trained: {err}") from None
+        except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+            raise SystemExit(f"Data preparation failed, nothing was trained: {err}") from None
     dropped = prepared.dropped + dropped_train + dropped_eval
     log.info("data: %d train / %d eval conversations; dropped %s", len(train_ds), len(eval_ds or []),
              dict(dropped) or "none")

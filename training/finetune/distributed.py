@@ -35,7 +35,7 @@ STRATEGIES = {
     "fsdp": Strategy(shards_params=True, qlora=True, optim_8bit=False),
     "fsdp2": Strategy(shards_params=True, qlora=False, optim_8bit=False,
                       why_not="FSDP2 cannot shard bitsandbytes 4-bit weights (accelerate#3874); use "
-                              "training/accelerate/fsdp-qlora.yaml (FSDP1), or plain LoRA with FSDP2"),
+                              "training/accelerate_configs/fsdp-qlora.yaml (FSDP1), or plain LoRA with FSDP2"),
 }
 # Backends that run in one process only (Unsloth's own multi-GPU support is not what we test).
 SINGLE_PROCESS_BACKENDS = {"unsloth"}
@@ -81,13 +81,23 @@ class Dist:
     def main_first(self):
         """The main process runs the block first (filling the datasets cache); the others then
         run it and reuse that cache."""
+        if not self.is_main:
+            self.wait_for_everyone()
+        yield
+        if self.is_main:
+            self.wait_for_everyone()
+
+    def wait_for_everyone(self) -> None:
+        """A barrier; if another process stopped (its own message says why), this one stops too,
+        without blaming what it was doing."""
         if self.processes == 1:
-            yield
             return
         from accelerate import PartialState
 
-        with PartialState(cpu=self.cpu).main_process_first():
-            yield
+        try:
+            PartialState(cpu=self.cpu).wait_for_everyone()
+        except Exception as err:  # gloo / nccl: the peer closed the connection
+            raise SystemExit(f"process {self.rank}: another process stopped ({type(err).__name__})") from None
 
 
 def setup(cpu: bool) -> Dist:
