@@ -4,6 +4,7 @@ folder (adapter, tokenizer + chat template, recipe, metrics, loss plot, samples,
     python training/train.py                                              # production recipe (GPU, Hub)
     python training/train.py --config training/recipes/cpu-smollm2-sample.yaml   # 3 minutes on a CPU
     python training/train.py --config training/recipes/llama32-3b-kannada.yaml --push_to_hub you/name
+    accelerate launch --config_file training/accelerate_configs/multi-gpu.yaml training/train.py   # several GPUs
 
 Defaults < YAML recipe (--config) < command line; `--help` lists every option. An interrupted
 run resumes from its newest checkpoint when the same command runs again.
@@ -20,7 +21,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from finetune import config as cfg
-from finetune import data, masking, report, run
+from finetune import data, distributed, masking, report, run
 from finetune.backends import BACKENDS, cpu_substitutions, detect_device, pick_backend
 from finetune.loop import build_trainer, newest_checkpoint, sft_config
 
@@ -41,44 +42,53 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     run_dir = Path(out.output_dir).expanduser().resolve()
     run.ensure_writable(run_dir)
     device = detect_device()
-    changes = cpu_substitutions(margs, targs.optim, device)
-    for key, (before, after) in changes.items():
-        log.warning("on %s: %s %s -> %s", device.name, key, before, after)
+    dist = distributed.setup(cpu=device.kind == "cpu")  # one process, or one of several (accelerate launch)
+    cpu_changes, dist_changes = cpu_substitutions(margs, targs.optim, device), distributed.substitutions(dist, targs.optim)
+    for where, found in ((f"on {device.name}", cpu_changes), (f"with {dist.strategy}", dist_changes)):
+        for key, (before, after) in found.items():
+            log.warning("%s: %s %s -> %s", where, key, before, after)
+    changes = {**cpu_changes, **dist_changes}
     margs.load_in_4bit = changes.get("load_in_4bit", (0, margs.load_in_4bit))[1]
     margs.gradient_checkpointing = changes.get("gradient_checkpointing", (0, margs.gradient_checkpointing))[1]
     optim = changes.get("optim", (0, targs.optim))[1]
     model_path = resolve_model(margs.model)
-    backend = pick_backend(margs.backend, device)
+    backend = pick_backend(margs.backend, device, dist.processes)
+    distributed.check(dist, backend, margs.load_in_4bit)
+    global_batch = dist.global_batch(targs.per_device_train_batch_size, targs.gradient_accumulation_steps)
     recipe = {**cfg.as_dict(margs, lora, dargs, targs, out), "optim": optim, "backend": backend,
-              "base_model_id": model_path, "device": device.name, "substitutions": {k: list(v) for k, v in changes.items()}}
+              "base_model_id": model_path, "device": device.name, "substitutions": {k: list(v) for k, v in changes.items()},
+              "processes": dist.processes, "strategy": dist.strategy, "global_batch_size": global_batch}
 
     # A finished run is not retrained; the same command only pushes it (or refuses).
     if (run_dir / "adapter" / "adapter_config.json").is_file() and not out.overwrite:
         if out.push_to_hub:
-            print(f"Pushed: {report.push(run_dir / 'adapter', out.push_to_hub, out.private)}")
+            if dist.is_main:
+                print(f"Pushed: {report.push(run_dir / 'adapter', out.push_to_hub, out.private)}")
             return
         raise SystemExit(f"{run_dir} already holds a finished run. Use --overwrite true or another --output_dir.")
     resume = None if out.overwrite else newest_checkpoint(run_dir)
-    if resume:
-        drift = run.recipe_drift(run.saved_recipe(run_dir) or {}, recipe)
-        if drift:
-            raise SystemExit(f"{run_dir} holds an interrupted run with other settings ({', '.join(drift)}): "
-                             "run the original command to resume it, or use another --output_dir.")
-        log.info("resuming from %s", resume)
-    run.save_recipe(run_dir, recipe)
+    if dist.is_main:  # the others wait for it in data preparation; if it stops here, the launcher stops them
+        if resume:
+            drift = run.recipe_drift(run.saved_recipe(run_dir) or {}, recipe)
+            if drift:
+                raise SystemExit(f"{run_dir} holds an interrupted run with other settings ({', '.join(drift)}): "
+                                 "run the original command to resume it, or use another --output_dir.")
+            log.info("resuming from %s", resume)
+        run.save_recipe(run_dir, recipe)
 
     # Data first: a data set with nothing usable fails before any model is loaded.
     from transformers import AutoTokenizer
 
-    try:
-        prepared = data.prepare(dargs.dataset, dargs.dataset_format, dargs.dataset_weight, dargs.eval_fraction,
-                                targs.seed, dargs.max_rows, dargs.dataset_split, dargs.num_proc)
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
-        train_ds, dropped_train = masking.tokenize(prepared.train, tokenizer, margs.max_seq_length, dargs.num_proc)
-        eval_ds, dropped_eval = (masking.tokenize(prepared.eval, tokenizer, margs.max_seq_length, dargs.num_proc)
-                                 if prepared.eval is not None else (None, Counter()))
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-        raise SystemExit(f"Data preparation failed, nothing was trained: {err}") from None
+    with dist.main_first():  # prepared once; the other processes read the datasets cache
+        try:
+            prepared = data.prepare(dargs.dataset, dargs.dataset_format, dargs.dataset_weight, dargs.eval_fraction,
+                                    targs.seed, dargs.max_rows, dargs.dataset_split, dargs.num_proc)
+            tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
+            train_ds, dropped_train = masking.tokenize(prepared.train, tokenizer, margs.max_seq_length, dargs.num_proc)
+            eval_ds, dropped_eval = (masking.tokenize(prepared.eval, tokenizer, margs.max_seq_length, dargs.num_proc)
+                                     if prepared.eval is not None else (None, Counter()))
+        except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+            raise SystemExit(f"Data preparation failed, nothing was trained: {err}") from None
     dropped = prepared.dropped + dropped_train + dropped_eval
     log.info("data: %d train / %d eval conversations; dropped %s", len(train_ds), len(eval_ds or []),
              dict(dropped) or "none")
@@ -86,10 +96,12 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
         raise SystemExit(f"No trainable rows left after tokenization (dropped: {dict(dropped)}). "
                          "Raise max_seq_length or check that conversations have assistant replies.")
 
-    model, tokenizer = BACKENDS[backend](model_path, margs, lora, device, targs.seed)
+    # The trainer config comes before the model: under DeepSpeed ZeRO-3 it tells from_pretrained to shard.
+    config = sft_config(targs, run_dir, device, optim, eval_ds is not None, margs.gradient_checkpointing, dist.processes)
+    model, tokenizer = BACKENDS[backend](model_path, margs, lora, device, targs.seed,
+                                         shards_params=dist.shards_params, local_rank=dist.local_rank)
     run.ensure_space(run_dir, sum(p.numel() for p in model.parameters() if p.requires_grad), targs.save_total_limit)
-    trainer, guard = build_trainer(model, tokenizer, sft_config(targs, run_dir, device, optim, eval_ds is not None,
-                                   margs.gradient_checkpointing), train_ds, eval_ds, targs.early_stopping_patience,
+    trainer, guard = build_trainer(model, tokenizer, config, train_ds, eval_ds, targs.early_stopping_patience,
                                    run_dir / "logs")
     base_eval = run.base_eval(run_dir, trainer) if eval_ds is not None else None
     result = trainer.train(resume_from_checkpoint=resume)
@@ -98,20 +110,30 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
         raise SystemExit(f"The loss became NaN/inf at step {guard.bad_step}; training stopped. Last good checkpoint: "
                          f"{last or 'none yet'}. Lower learning_rate (or check the data), then rerun to resume.")
     final_eval = trainer.evaluate() if eval_ds is not None else {}
-    samples = report.generate_samples(model, tokenizer, out.sample_prompts, out.sample_max_new_tokens)
+    state_dict = distributed.full_state_dict(trainer, dist)  # gathers sharded weights: every process takes part
+    if not dist.is_main:
+        return
+    # Sharded weights live in pieces across processes: no side-by-side samples there (chat with the adapter instead).
+    samples = [] if dist.shards_params else report.generate_samples(model, tokenizer, out.sample_prompts,
+                                                                    out.sample_max_new_tokens)
     train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     metrics = {
         "global_step": trainer.state.global_step, "final_train_loss": train_losses[-1] if train_losses else None,
         "first_train_loss": train_losses[0] if train_losses else None,
         "base_eval": report.eval_metrics(base_eval), "eval": report.eval_metrics(final_eval.get("eval_loss")),
         "train_runtime_s": round(result.metrics.get("train_runtime", 0), 1),
+        # tokens seen by all processes together
         "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(result.metrics.get("train_runtime", 1), 1e-9), 1),
         "peak_memory_mb": round(run.peak_memory_mb(device.kind)), "device": device.name, "backend": backend,
+        "processes": dist.processes, "strategy": dist.strategy, "global_batch_size": global_batch,
+        "batch_formula": f"{targs.per_device_train_batch_size} per device x {targs.gradient_accumulation_steps} "
+                         f"accumulation x {dist.processes} process(es)",
         "rows": {"train": len(train_ds), "eval": len(eval_ds or [])}, "dropped": dict(dropped), "sources": prepared.sources,
         "log_history": trainer.state.log_history,
     }
     adapter_dir = report.save_artifact(run_dir, model, tokenizer, recipe, metrics, samples, trainer.state.log_history,
-                                       out.push_to_hub or f"you/{run_dir.name}", out.verify_quants if out.verify else None)
+                                       out.push_to_hub or f"you/{run_dir.name}", out.verify_quants if out.verify else None,
+                                       state_dict)
     pushed = report.push(adapter_dir, out.push_to_hub, out.private) if out.push_to_hub else None
     run.print_summary(metrics, adapter_dir, run_dir, time.time() - started, pushed)
 

@@ -34,15 +34,16 @@ def detect_device() -> Device:
     return Device("cpu", "float32", "CPU")
 
 
-def pick_backend(requested: str, device: Device) -> str:
-    """`auto` -> unsloth when CUDA and unsloth are available, else peft."""
+def pick_backend(requested: str, device: Device, processes: int = 1) -> str:
+    """`auto` -> unsloth when CUDA and unsloth are available (and one process runs), else peft."""
     if requested == "unsloth" and device.kind != "cuda":
         raise SystemExit("backend unsloth needs a CUDA GPU; use --backend peft (or auto) on this machine")
     if requested == "unsloth" and importlib.util.find_spec("unsloth") is None:
         raise SystemExit("backend unsloth is not installed: pip install -r requirements-gpu.txt, or use --backend peft")
     if requested != "auto":
         return requested
-    return "unsloth" if device.kind == "cuda" and importlib.util.find_spec("unsloth") else "peft"
+    single = processes == 1  # several processes: peft, the backend every strategy supports
+    return "unsloth" if single and device.kind == "cuda" and importlib.util.find_spec("unsloth") else "peft"
 
 
 def lora_config(lora: LoraArgs):
@@ -53,7 +54,21 @@ def lora_config(lora: LoraArgs):
                       target_modules=list(lora.lora_target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int):
+def qlora_placement(dtype_name: str, shards_params: bool, local_rank: int) -> dict:
+    """from_pretrained kwargs for a 4-bit base. Whole on this process's GPU; or, under FSDP and
+    ZeRO-3, left on the CPU for the sharder, with the packed 4-bit weights stored in the compute
+    dtype: they can only shard float tensors of one dtype (bitsandbytes' FSDP-QLoRA guide)."""
+    import torch
+
+    quant = bnb_config(dtype_name)
+    if not shards_params:
+        return {"quantization_config": quant, "device_map": {"": local_rank}}
+    quant.bnb_4bit_quant_storage = getattr(torch, dtype_name)
+    return {"quantization_config": quant}
+
+
+def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int,
+              shards_params: bool = False, local_rank: int = 0):
     """transformers + peft (+ bitsandbytes 4-bit on CUDA)."""
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -66,18 +81,18 @@ def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device,
         raise SystemExit(str(err)) from None
     kwargs = dict(dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=margs.trust_remote_code)
     if four_bit:
-        kwargs.update(quantization_config=bnb_config(device.dtype), device_map={"": 0})
+        kwargs.update(qlora_placement(device.dtype, shards_params, local_rank))
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
-    if four_bit:
+    if four_bit and not shards_params:  # its fp32 upcast would break the one-dtype rule of FSDP / ZeRO-3
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=margs.gradient_checkpointing)
-    elif device.kind == "cuda":
-        model = model.to("cuda")
+    elif device.kind == "cuda" and not shards_params:  # the sharder places sharded weights itself
+        model = model.to(f"cuda:{local_rank}")
     torch.manual_seed(seed)
     return get_peft_model(model, lora_config(lora)), tokenizer
 
 
-def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int):
+def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int, **_placement):
     """Unsloth's FastLanguageModel: its own 4-bit loading and LoRA kernels."""
     from unsloth import FastLanguageModel
 

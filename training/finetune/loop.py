@@ -36,12 +36,22 @@ class NanGuard(TrainerCallback):
             control.should_evaluate = False
 
 
-def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool, gradient_checkpointing: bool):
+# With several processes: LoRA uses every trainable weight in every step, so DDP need not search
+# for unused ones, and that search with reentrant checkpointing fails ("marked as ready twice",
+# peft#313); replicas log errors only, so each message appears once.
+MULTI_PROCESS = {"ddp_find_unused_parameters": False, "log_level_replica": "error"}
+
+
+def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool, gradient_checkpointing: bool,
+               processes: int = 1):
     """trl SFTConfig from our recipe. Data comes tokenized with labels, so trl only batches it."""
     from trl import SFTConfig
 
     evaluating = has_eval and train.eval_steps > 0
     early = bool(train.early_stopping_patience) and evaluating
+    several = dict(MULTI_PROCESS) if processes > 1 else {}
+    if processes > 1 and gradient_checkpointing:
+        several["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=train.per_device_train_batch_size,
@@ -76,17 +86,19 @@ def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         disable_tqdm=False,
+        **several,
     )
 
 
 def build_trainer(model, tokenizer, config, train_dataset, eval_dataset, patience: int, log_dir: Path):
     """SFTTrainer with our callbacks: NaN guard, TensorBoard in the run folder, early stopping."""
-    from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
-    guard = NanGuard()
-    callbacks = [guard, TensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience and eval_dataset else [])
+    guard = NanGuard()  # runs in every process: the logged loss is averaged over all, so all stop together
+    board = TensorBoardCallback()  # opens its writer in the main process only, when it first logs
+    board.logging_dir = str(log_dir)  # (also for the eval after training, which it would put in checkpoints/runs)
+    callbacks = [guard, board] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience and eval_dataset else [])
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks)
     return trainer, guard

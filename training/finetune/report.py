@@ -141,7 +141,8 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fide
                      for d, s in zip(recipe["dataset"], metrics.get("sources", [])))
     keys = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "max_seq_length", "load_in_4bit",
             "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
-            "warmup_steps", "optim", "weight_decay", "num_train_epochs", "max_steps", "seed", "backend")
+            "warmup_steps", "optim", "weight_decay", "num_train_epochs", "max_steps", "seed", "backend",
+            "processes", "global_batch_size")
     shown = {k: recipe[k] for k in keys if k in recipe}
     results = {"base eval loss": metrics.get("base_eval", {}).get("loss"), "fine-tuned eval loss": metrics.get("eval", {}).get("loss"),
                "fine-tuned eval perplexity": metrics.get("eval", {}).get("perplexity"),
@@ -158,15 +159,17 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fide
 
 
 def save_artifact(run_dir: Path, model, tokenizer, recipe: dict, metrics: dict, samples: list[dict],
-                  log_history: list[dict], repo_hint: str, verify_quants: list[str] | None = None) -> Path:
+                  log_history: list[dict], repo_hint: str, verify_quants: list[str] | None = None,
+                  state_dict: dict | None = None) -> Path:
     """Write `run_dir/adapter` whole or not at all (a temp folder renamed into place).
 
     With `verify_quants`, the fidelity check runs on the saved adapter before the folder is final,
-    so the card that arrives already holds its report."""
+    so the card that arrives already holds its report. `state_dict`: the gathered weights when
+    they were sharded across processes (peft keeps the adapter's)."""
     final = run_dir / "adapter"
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run_dir))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         fidelity, fidelity_json = check_fidelity(tmp, verify_quants, run_dir) if verify_quants else ("", None)
         if fidelity_json:

@@ -59,7 +59,8 @@ def peak_memory_mb(device_kind: str) -> float:
 
 
 def base_eval(run_dir: Path, trainer) -> float:
-    """Eval loss of the untouched base (LoRA starts as a no-op), measured once and kept for resumes."""
+    """Eval loss of the untouched base (LoRA starts as a no-op), measured once and kept for resumes.
+    Every process evaluates its share; the main process keeps the file."""
     import json
 
     path = run_dir / "base_eval.json"
@@ -67,7 +68,8 @@ def base_eval(run_dir: Path, trainer) -> float:
         return json.loads(path.read_text())["eval_loss"]
     with trainer.model.disable_adapter():
         loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
-    path.write_text(json.dumps({"eval_loss": loss}))
+    if trainer.is_world_process_zero():
+        path.write_text(json.dumps({"eval_loss": loss}))
     return loss
 
 
@@ -85,6 +87,8 @@ def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: floa
         "Finch training run complete",
         f"  time            {seconds / 60:.1f} min ({metrics['train_runtime_s']} s training) on {metrics['device']}, backend {metrics['backend']}",
         f"  steps           {metrics['global_step']}   train rows {metrics['rows']['train']}   eval rows {metrics['rows']['eval']}",
+        f"  processes       {metrics['processes']} ({metrics['strategy']})   global batch {metrics['global_batch_size']} "
+        f"= {metrics['batch_formula']}",
         f"  throughput      {metrics['tokens_per_second']} tokens/s   peak memory {metrics['peak_memory_mb']} MiB",
         f"  train loss      {metrics['first_train_loss']} -> {metrics['final_train_loss']}",
         f"  eval loss       base {base.get('loss', '-')} -> fine-tuned {final.get('loss', '-')} (perplexity {final.get('perplexity', '-')})",
