@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from trl import TrlParser
@@ -75,7 +76,7 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
         train_ds, dropped_train = masking.tokenize(prepared.train, tokenizer, margs.max_seq_length, dargs.num_proc)
         eval_ds, dropped_eval = (masking.tokenize(prepared.eval, tokenizer, margs.max_seq_length, dargs.num_proc)
-                                 if prepared.eval is not None else (None, {}))
+                                 if prepared.eval is not None else (None, Counter()))
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
         raise SystemExit(f"Data preparation failed, nothing was trained: {err}") from None
     dropped = prepared.dropped + dropped_train + dropped_eval
