@@ -3,7 +3,7 @@
 loss equal within 1%).
 
     .venv/bin/python bench/train_speed.py              # 128 sample conversations, 1 epoch = 32 steps each
-    .venv/bin/python bench/train_speed.py --quick      # 16 conversations (4 steps), smoke run
+    .venv/bin/python bench/train_speed.py --quick      # 8 conversations (2 steps), smoke run
 
 Three runs, one after another, each a subprocess: Finch (the CPU recipe), trl with its defaults
 (it tokenizes the conversations itself and computes the loss on every token), and trl with its
@@ -56,10 +56,10 @@ def trl(data: Path, out: Path, model: str, finch_labels: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=128, help="sample conversations to train on (one epoch)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 16 rows")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 8 rows (2 steps)")
     args = parser.parse_args()
     if args.quick:
-        args.rows = 16
+        args.rows = 8
 
     from chat_runtime import embedded
 

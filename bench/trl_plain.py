@@ -5,7 +5,8 @@ except what must match Finch's CPU recipe (LoRA, batch, learning rate and schedu
     .venv/bin/python bench/trl_plain.py --data rows.jsonl --out /tmp/trl-run --finch_labels
 
 With --finch_labels the rows come tokenized by Finch's data code (assistant-only labels, same
-order as training/train.py sees them), so the loss is the same objective as Finch's; otherwise
+order as training/train.py sees them) and the LoRA starts from the same seeded init, so the loss
+is the same objective from the same start as Finch's; otherwise
 trl tokenizes the conversations itself and, by default, computes the loss on every token.
 `use_cpu=True` is the one setting trl needs here (its bf16 default refuses to start on a CPU
 without it). Prints one JSON line: train_runtime, train_loss, losses.
@@ -40,6 +41,17 @@ def finch_rows(data: str, model: str) -> Dataset:
     return rows
 
 
+def finch_lora_model(path: str):
+    """The LoRA model made as Finch makes it (seeded right before the adapter's random init)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.manual_seed(RECIPE["seed"])
+    return get_peft_model(model, LORA)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="ShareGPT jsonl")
@@ -48,14 +60,16 @@ def main() -> None:
     parser.add_argument("--finch_labels", action="store_true", help="train on Finch's tokenized rows and labels")
     args = parser.parse_args()
 
+    model, peft_config = args.model, LORA
     if args.finch_labels:
         train = finch_rows(args.data, args.model)
+        model, peft_config = finch_lora_model(args.model), None
     else:
         train = load_dataset("json", data_files=args.data, split="train").map(
             lambda row: {"messages": [{"role": ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]},
             remove_columns=["conversations"])
     config = SFTConfig(output_dir=args.out, use_cpu=True, report_to="none", save_strategy="no", **RECIPE)
-    trainer = SFTTrainer(model=args.model, args=config, train_dataset=train, peft_config=LORA)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train, peft_config=peft_config)
     result = trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     print(json.dumps({"train_runtime": result.metrics["train_runtime"], "train_loss": result.metrics["train_loss"],

@@ -69,7 +69,8 @@ def segments(
         if message["role"] != "assistant" or i == 0:
             continue
         before = render(template, messages[:i], add_generation_prompt=True, special_tokens=special_tokens)
-        upto = render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
+        last = i == len(messages) - 1 and not add_generation_prompt  # then `upto` is `full`: skip a render
+        upto = full if last else render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
         if not (upto.startswith(before) and full.startswith(upto) and len(before) >= done):
             raise ValueError(
                 "this chat template does not render turn by turn (a conversation's text is not a prefix of its "
