@@ -81,6 +81,13 @@ def main() -> None:
     print(f"# load/detect/convert/split {converted - start:.1f} s; template+tokenize {end - converted:.1f} s; "
           f"{len(train):,} train + {len(evals):,} eval rows, {tokens:,} train tokens, dropped {dict(dropped) or 'none'}")
     print(f"# {args.rows / (end - start):,.0f} rows/s; load average at end: {benchlib.load()}")
+    # The floor: the tokenizer alone on the rows' text (no template), one batched Rust call on a sample.
+    sample = prepared.train.select(range(min(len(prepared.train), 20_000)))
+    texts = [m["content"] for row in sample["messages"] for m in row]
+    t = time.perf_counter()
+    masking.encode_batch(tokenizer, texts)
+    floor = (time.perf_counter() - t) * FULL_ROWS / len(sample)
+    print(f"# tokenizer alone on the same text, projected to 390k rows: {floor:.0f} s")
     projected = (end - start) * FULL_ROWS / args.rows
     benchlib.ratio(f"data prep seconds for 390k rows ({'measured' if args.rows == FULL_ROWS else 'projected'})",
                    projected, 120, higher_is_better=False, unit=" s")

@@ -163,6 +163,7 @@ def trim_to_budget(
 
     The system prompt and the last user message are always kept. Returns the trimmed messages and
     how many messages were dropped; raises ValueError when even system + last message do not fit.
+    `count_tokens` is last called on the messages returned, so a caller may keep what it encoded.
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
