@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import tempfile
-from pathlib import Path
 
 import benchlib
 
