@@ -21,6 +21,11 @@ SHAPES = {
     "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
                          num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=True,
                          rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=131072),
+    # A few-MB stand-in with the same layout, for the benchmarks' --quick smoke runs (widths stay
+    # multiples of 256 so k-quants apply; the vocabulary is the embedded tokenizer's).
+    "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                 rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
 }
 
 

@@ -75,3 +75,29 @@ def test_a_tokenizer_without_a_template_is_refused(embedded_hf):
     tok.chat_template = None
     with pytest.raises(masking.TemplateError, match="no chat template"):
         masking.tokenize(Dataset.from_dict({"messages": [CONVERSATION]}), tok, max_length=None)
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_the_fast_batch_path_gives_the_ids_and_labels_of_one_by_one_tokenizing(request, name, repo_root):
+    """masking.tokenize encodes straight through the Rust tokenizer, in batches; its rows must equal
+    the plain path: each segment rendered alone and tokenized by `tokenizer(text)`, as engines do."""
+    import json
+
+    from chat_runtime.templating import encode, segments
+    from finetune.data import to_messages
+
+    tok = request.getfixturevalue(name)
+    lines = (repo_root / "training" / "data" / "sample_sharegpt.jsonl").read_text().splitlines()
+    conversations = [to_messages(json.loads(line), "sharegpt") for line in lines[::7]] + [CONVERSATION]
+    cut = 72  # long enough to keep most rows, short enough to truncate (and drop) some
+    out, dropped = masking.tokenize(Dataset.from_dict({"messages": conversations}), tok, max_length=cut)
+    kept, truncated = [], 0
+    for messages in conversations:
+        parts = segments(tok.chat_template, messages, add_generation_prompt=False, special_tokens=tok.special_tokens_map)
+        ids, mask = encode(parts, lambda text: tok(text, add_special_tokens=False)["input_ids"])
+        labels = [i if m else masking.IGNORE for i, m in zip(ids, mask)][:cut]
+        truncated += len(ids) > cut
+        if any(label != masking.IGNORE for label in labels):
+            kept.append({"input_ids": ids[:cut], "labels": labels})
+    assert len(kept) == len(out) > 30 and truncated and sum(dropped.values()) == len(conversations) - len(kept)
+    assert [dict(row) for row in out] == kept

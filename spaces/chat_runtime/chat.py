@@ -83,10 +83,16 @@ class ChatService:
                 f"max new tokens ({params.max_new_tokens}) leaves no room for the prompt in this model's "
                 f"{self.engine.context_tokens}-token context; lower it."
             )
-        messages, dropped = trim_to_budget(messages, lambda m: len(self.engine.encode_chat(m)), budget)
+        encoded = []  # the last prompt counted: token ids, or the server engine's ChatPrompt
+
+        def count(candidate: list[Message]) -> int:
+            encoded[:] = [self.engine.encode_chat(candidate)]  # the last count is of the kept messages
+            return len(encoded[0])
+
+        messages, dropped = trim_to_budget(messages, count, budget)
         if dropped:
             log.info("trimmed %d earlier messages to fit the context", dropped)
-        prompt = self.engine.encode_chat(messages)
+        prompt = encoded[0]  # not rendered and tokenized twice: it adds to the time to first token
         cancel = threading.Event()
         with self._slots:
             with self._active_lock:

@@ -69,7 +69,8 @@ def segments(
         if message["role"] != "assistant" or i == 0:
             continue
         before = render(template, messages[:i], add_generation_prompt=True, special_tokens=special_tokens)
-        upto = render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
+        last = i == len(messages) - 1 and not add_generation_prompt  # then `upto` is `full`: skip a render
+        upto = full if last else render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
         if not (upto.startswith(before) and full.startswith(upto) and len(before) >= done):
             raise ValueError(
                 "this chat template does not render turn by turn (a conversation's text is not a prefix of its "
@@ -162,6 +163,7 @@ def trim_to_budget(
 
     The system prompt and the last user message are always kept. Returns the trimmed messages and
     how many messages were dropped; raises ValueError when even system + last message do not fit.
+    `count_tokens` is last called on the messages returned, so a caller may keep what it encoded.
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]

@@ -148,7 +148,8 @@ def convert(dataset: Dataset, fmt: str, num_proc: int | None = None) -> tuple[Da
     converted = dataset.map(_convert_batch, fn_kwargs={"fmt": fmt}, batched=True, batch_size=2000,
                             remove_columns=dataset.column_names, num_proc=num_proc, desc=f"Converting ({fmt})")
     reasons = Counter(r for r in converted["bad_reason"] if r)
-    clean = converted.filter(lambda r: not r, input_columns="bad_reason", batched=False, num_proc=num_proc)
+    clean = converted.filter(lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True,
+                             batch_size=10_000, num_proc=num_proc)
     return clean.remove_columns("bad_reason"), reasons
 
 

@@ -1,0 +1,231 @@
+"""Shared measurement helpers for the bench/ scripts: interleaved repetitions and medians, ratio
+lines, machine facts (load average, threads, versions), peak RSS of a child, and the
+Llama-3.2-shaped GGUFs cached under ~/.cache/finch/bench (never in the repository).
+
+Every script prints one `ratio NAME: VALUE (target OP X) PASS|MISS` line per measurement with a
+target (a `result NAME: VALUE UNIT` line where the issue sets none); tests/test_bench.py checks them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "tokenizers", "llama-cpp-python", "gradio",
+            "gradio_client", "numpy")
+
+
+def cache() -> Path:
+    """Where the benchmarks keep what is slow to build (shaped models): FINCH_CACHE/bench."""
+    from chat_runtime.embedded import cache_dir
+
+    path = cache_dir() / "bench"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def header(title: str) -> None:
+    """Print what the numbers depend on: machine, cores, load, versions."""
+    versions = ", ".join(f"{p} {_version(p)}" for p in PACKAGES if _version(p))
+    print(f"# {title}")
+    print(f"# {platform.processor() or platform.machine()} {cpu_model()}, {len(os.sched_getaffinity(0))} cores, python "
+          f"{platform.python_version()}")
+    print(f"# {versions}")
+    print(f"# load average at start: {load()}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def interleaved(sides: dict[str, Callable[[], dict[str, float]]], reps: int) -> dict[str, dict[str, float]]:
+    """Run each side once per round, alternating the order every round (A B, B A, ...), so load
+    from other processes hits both sides alike; return the median of every metric per side."""
+    names = list(sides)
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    for r in range(reps):
+        for name in names if r % 2 == 0 else reversed(names):
+            for metric, value in sides[name]().items():
+                samples[name].setdefault(metric, []).append(value)
+    return {n: {m: statistics.median(v) for m, v in s.items()} for n, s in samples.items()}
+
+
+def ratio(name: str, value: float, target: float, higher_is_better: bool = True, unit: str = "x") -> bool:
+    """Print one result line against its target; return whether it meets it."""
+    ok = value >= target if higher_is_better else value <= target
+    op = ">=" if higher_is_better else "<="
+    print(f"ratio {name}: {value:.3f}{unit} (target {op} {target:g}{unit}) {'PASS' if ok else 'MISS'}", flush=True)
+    return ok
+
+
+def result(name: str, value: float, unit: str) -> None:
+    """Print one result line that has no target in the issue (the smoke test checks for it too)."""
+    print(f"result {name}: {value:,.1f} {unit}", flush=True)
+
+
+def table(rows: dict[str, dict[str, float]], fmt: str = "{:.2f}") -> None:
+    """Print medians side by side: one row per side, one column per metric."""
+    metrics = list(next(iter(rows.values())))
+    width = max(len(n) for n in rows)
+    print(f"{'':{width}}  " + "  ".join(f"{m:>14}" for m in metrics))
+    for name, values in rows.items():
+        print(f"{name:{width}}  " + "  ".join(f"{fmt.format(values[m]):>14}" for m in metrics))
+
+
+def run_peak_rss(cmd: list[str], **kwargs) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run a command; return (seconds, peak RSS of it and its descendants in MiB, result).
+
+    /proc is polled every 50 ms and summed over the process tree: the converter runs as a
+    grandchild beside its parent, and getrusage would only report the largest single process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    peak = [0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    out, _ = proc.communicate()
+    done.set()
+    watcher.join()
+    seconds = time.perf_counter() - start
+    return seconds, peak[0] / 2**20, subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            todo += [int(c) for c in children]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def shaped_hf(shape: str) -> Path:
+    """A Llama-shaped HF folder with random weights (bench/shaped_model.py), built once into the cache."""
+    sys.path.insert(0, str(BENCH))
+    from shaped_model import build
+
+    folder = cache() / f"{shape}-hf"
+    if not (folder / "config.json").is_file():
+        print(f"# building {folder} (once)", flush=True)
+        tmp = folder.with_name(folder.name + ".tmp")
+        build(shape, tmp, None)
+        os.replace(tmp, folder)
+    return folder
+
+
+SHAPED_QUANTS = ("q8_0", "q4_k_m")
+
+
+def shaped_gguf(shape: str, quant: str) -> Path:
+    """`{shape}-{quant}.gguf` in the cache, exported once (q8_0 and q4_k_m together) by our own
+    `gguf/export.py` in a subprocess; the export's time and peak RSS are kept beside it as JSON
+    (bench/export_cost.py reports them)."""
+    folder = cache() / f"{shape}-gguf"
+    path = folder / f"{shape}-{quant}.gguf"
+    if not path.is_file():
+        hf = shaped_hf(shape)
+        print(f"# exporting {shape} to {', '.join(SHAPED_QUANTS)} with gguf/export.py (once)", flush=True)
+        cmd = [sys.executable, str(ROOT / "gguf" / "export.py"), "--model", str(hf), "--quant", *SHAPED_QUANTS,
+               "--output_dir", str(folder), "--name", shape]
+        load_before = load()
+        seconds, peak_mib, result = run_peak_rss(cmd)
+        if result.returncode != 0:
+            raise RuntimeError(f"export of {shape} failed:\n{result.stdout[-2000:]}")
+        (folder / "export-cost.json").write_text(json.dumps(
+            {"seconds": seconds, "peak_rss_mib": peak_mib, "load_before": load_before, "load_after": load(),
+             "command": " ".join(cmd), "summary": result.stdout.strip().splitlines()[-8:]}, indent=1))
+    return path
+
+
+def gguf_weight_bytes(path: Path) -> tuple[int, int]:
+    """(bytes of all tensors, bytes read per decoded token) of a GGUF, from its tensor table.
+
+    Per token, every weight matrix is read once, but of the token embedding only one row; with tied
+    embeddings the output head reads the whole matrix (so it counts once, as the head)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    sizes = {t.name: int(t.n_bytes) for t in reader.tensors}
+    total = sum(sizes.values())
+    per_token = total
+    if "output.weight" in sizes and "token_embd.weight" in sizes:
+        per_token -= sizes["token_embd.weight"]  # untied: the embedding lookup reads one row
+    return total, per_token
+
+
+def read_bandwidth(threads: int, megabytes: int = 1024, reps: int = 5) -> float:
+    """Read bandwidth in bytes/s: the best of `reps` sums over a large float32 array, split across threads
+    (numpy releases the GIL in reductions, so the threads run in parallel)."""
+    import numpy as np
+
+    data = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
+    parts = np.array_split(data, threads)
+    best = float("inf")
+    for _ in range(reps):
+        workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - t)
+    return data.nbytes / best
+
+
+def llamacpp_decode(engine, messages: list[dict], max_new_tokens: int) -> float:
+    """Decode tokens/s of one greedy reply through Finch's LlamaCppEngine: wall time from its first
+    streamed text to its end, over llama.cpp's own count of the tokens it decoded."""
+    import llama_cpp
+
+    from chat_runtime import validate
+
+    params = validate(temperature=0, max_new_tokens=max_new_tokens, repetition_penalty=1.0)
+    ids = engine.encode_chat(messages)
+    llama_cpp.llama_perf_context_reset(engine.llm.ctx)
+    first = None
+    for _piece in engine.stream(ids, params, threading.Event()):
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    decoded = llama_cpp.llama_perf_context(engine.llm.ctx).n_eval  # every token after the prompt
+    return (decoded - 1) / (end - first)

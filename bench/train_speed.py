@@ -1,0 +1,90 @@
+"""Item 5: `training/train.py` training tokens/s vs a minimal plain trl SFTTrainer script
+(bench/trl_plain.py) with trl's defaults, on the same data, model and LoRA (target >= 1.3x, final
+loss equal within 1%).
+
+    .venv/bin/python bench/train_speed.py              # 128 sample conversations, 1 epoch = 32 steps each
+    .venv/bin/python bench/train_speed.py --quick      # 8 conversations (2 steps), smoke run
+
+Three runs, one after another, each a subprocess: Finch (the CPU recipe), trl with its defaults
+(it tokenizes the conversations itself and computes the loss on every token), and trl with its
+defaults fed Finch's tokenized rows and assistant-only labels (the same objective and order, so
+its loss must equal Finch's). tokens/s = the real (unpadded) tokens of the epoch, counted from
+Finch's tokenization and identical for all three, over the trainer's own train_runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import benchlib
+
+
+def epoch_tokens(data: Path, model: str) -> int:
+    sys.path.insert(0, str(benchlib.BENCH))
+    from trl_plain import finch_rows
+
+    return sum(len(ids) for ids in finch_rows(str(data), model)["input_ids"])
+
+
+def run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=benchlib.ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def finch(data: Path, out: Path) -> dict:
+    run([sys.executable, "training/train.py", "--config", "training/recipes/cpu-smollm2-sample.yaml", "--dataset", str(data),
+         "--eval_fraction", "0", "--logging_steps", "1", "--save_steps", "100000", "--output_dir", str(out),
+         "--sample_prompts", "Hi", "--sample_max_new_tokens", "1"])
+    history = json.loads((out / "adapter" / "metrics.json").read_text())["log_history"]
+    summary = history[-1]
+    return {"train_runtime": summary["train_runtime"], "train_loss": summary["train_loss"],
+            "losses": [e["loss"] for e in history if "loss" in e]}
+
+
+def trl(data: Path, out: Path, model: str, finch_labels: bool) -> dict:
+    cmd = [sys.executable, str(benchlib.BENCH / "trl_plain.py"), "--data", str(data), "--model", model, "--out", str(out)]
+    return json.loads(run(cmd + (["--finch_labels"] if finch_labels else [])).strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=128, help="sample conversations to train on (one epoch)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 8 rows (2 steps)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows = 8
+
+    from chat_runtime import embedded
+
+    benchlib.header("training throughput: training/train.py vs plain trl SFTTrainer (defaults)")
+    model = str(embedded.hf_dir())
+    with tempfile.TemporaryDirectory(prefix="finch-train-bench-") as tmp:
+        tmp = Path(tmp)
+        data = tmp / "rows.jsonl"
+        lines = (benchlib.ROOT / "training" / "data" / "sample_sharegpt.jsonl").read_text().splitlines()[: args.rows]
+        data.write_text("\n".join(lines) + "\n")
+        tokens = epoch_tokens(data, model)
+        runs = {"finch train.py": finch(data, tmp / "finch"),
+                "trl defaults": trl(data, tmp / "trl", model, finch_labels=False),
+                "trl defaults, finch labels": trl(data, tmp / "trl-labels", model, finch_labels=True)}
+    print(f"# {args.rows} conversations, {tokens} real tokens per epoch; load average at end: {benchlib.load()}")
+    print(f"{'run':28} {'runtime s':>10} {'tokens/s':>9} {'mean loss':>10} {'last loss':>10}")
+    for name, r in runs.items():
+        r["tok_s"] = tokens / r["train_runtime"]
+        print(f"{name:28} {r['train_runtime']:10.1f} {r['tok_s']:9.1f} {r['train_loss']:10.4f} {r['losses'][-1]:10.4f}")
+    ours, plain, same = runs["finch train.py"], runs["trl defaults"], runs["trl defaults, finch labels"]
+    benchlib.ratio("finch/trl-defaults train tokens/s", ours["tok_s"] / plain["tok_s"], 1.3)
+    benchlib.ratio("finch/trl-defaults (finch labels) train tokens/s", ours["tok_s"] / same["tok_s"], 1.3)
+    benchlib.ratio("mean train loss |finch - trl(finch labels)| / finch",
+                   abs(ours["train_loss"] - same["train_loss"]) / ours["train_loss"], 0.01, higher_is_better=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Smoke test of the benchmarks: every bench/ script runs in its quick mode and prints its result
+lines. The numbers are not checked here (speed targets live in the scripts and docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINE = re.compile(r"^(ratio|result) .+: -?[\d,.]+", re.M)
+
+# script -> the result lines it must print (one per measurement)
+SCRIPTS = {
+    "chat_engine.py": 2,
+    "roofline.py": 2,
+    "data_prep.py": 1,
+    "gradio_ttft.py": 1,
+    "gguf_vs_transformers.py": 2,
+    "export_cost.py": 2,
+    "train_speed.py": 3,
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_bench_script_runs_quick_and_prints_its_results(script, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = LINE.findall(proc.stdout)
+    assert len(lines) == SCRIPTS[script], proc.stdout
+    assert "# load average at start:" in proc.stdout  # every run records the machine's load
