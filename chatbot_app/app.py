@@ -35,6 +35,12 @@ def check_message(message, *_settings):
         return gr.validate(False, str(err))
 
 
+def notice(err: Exception) -> gr.ChatMessage:
+    # Shown as a notice in the chat, not sent back to the model (the runtime skips titled
+    # messages); gr.Error here would leave the page's textbox disabled.
+    return gr.ChatMessage(content=str(err), metadata={"title": NOTICE_TITLE, "status": "done"})
+
+
 def respond(message, history, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty):
     """Stream the reply; a bad input becomes a message on the page, never a crash."""
     try:
@@ -44,16 +50,18 @@ def respond(message, history, system_prompt, temperature, top_p, max_new_tokens,
         stream = service.reply(message, history, system_prompt, params)
         first = next(stream)
     except ValueError as err:
-        # Shown as a notice in the chat, not sent back to the model (the runtime skips titled
-        # messages); gr.Error here would leave the page's textbox disabled.
-        yield gr.ChatMessage(content=str(err), metadata={"title": NOTICE_TITLE, "status": "done"})
+        yield notice(err)
         return
     if first.dropped_messages:
         gr.Warning(f"The conversation is longer than the model's context: the {first.dropped_messages} oldest "
                    "messages were left out of this reply (the system prompt is kept).")
+    text = ""
     try:
         for reply in stream:
-            yield reply.text
+            text = reply.text
+            yield text
+    except ValueError as err:  # the engine failed mid-reply (an inference server that went away)
+        yield [text, notice(err)] if text else notice(err)
     finally:
         stream.close()  # Stop or a closed tab lands here: the runtime cancels generation
 
