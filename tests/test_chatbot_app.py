@@ -242,26 +242,28 @@ def test_the_chatbot_answers_through_an_inference_server_and_recovers_when_it_co
     page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 3")
     wait_idle(page)
     assert last_bot_text(page).strip() and "Not answered" not in last_bot_text(page)
+    # The server dying mid-reply: the text so far stays, and a notice says what happened.
+    set_setting(page, "Max new tokens", 400)
+    send(page, "Count from 1 to 300, one number per line.")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 4 && "
+                           "document.querySelectorAll('[data-testid=bot]')[3].innerText.length > 20", timeout=60_000)
+    server.proc.kill()  # no graceful shutdown: the stream breaks off
+    server.proc.wait()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 5", timeout=30_000)
+    page.get_by_text("Not answered").nth(1).click(timeout=10_000)
+    page.get_by_text(re.compile("mid-reply|ended the reply early")).first.wait_for(timeout=5_000)
+    assert len(page.locator(BOT).nth(3).inner_text()) > 20
+    wait_idle(page)
+    server.start()
+    set_setting(page, "Max new tokens", 30)
     # An error from the server itself: a prompt beyond its context (the app was told 100k fits).
     send(page, "a " * 9000)
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 4")
-    page.get_by_text("Not answered").nth(1).click(timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 6")
+    page.get_by_text("Not answered").nth(2).click(timeout=30_000)
     page.get_by_text("The inference server ended the reply early").first.wait_for(timeout=5_000)
     log = (start_app.log_dir / f"app-{url.rsplit(':', 1)[1].strip('/')}.log").read_text()
     assert "not reachable" in log  # the operator sees what happened...
     assert key not in page.content() and key not in log  # ...and nobody sees the key
-    # The server dying mid-reply: the text so far stays, and a notice says what happened.
-    wait_idle(page)
-    set_setting(page, "Max new tokens", 400)
-    send(page, "Count from 1 to 300, one number per line.")
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 5 && "
-                           "document.querySelectorAll('[data-testid=bot]')[4].innerText.length > 20", timeout=60_000)
-    server.proc.kill()  # no graceful shutdown: the stream breaks off
-    server.proc.wait()
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 6", timeout=30_000)
-    page.get_by_text("Not answered").nth(2).click(timeout=10_000)
-    page.get_by_text(re.compile("mid-reply|ended the reply early")).first.wait_for(timeout=5_000)
-    assert len(page.locator(BOT).nth(4).inner_text()) > 20
 
 
 def test_the_page_refuses_blank_and_huge_messages_and_answers_every_script(chatbot, page):
