@@ -6,6 +6,7 @@ there), so the terminal chats exactly as the Space does with the same GGUF.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -57,6 +58,9 @@ def run(session: ChatSession, read: Callable[[str], str] = input, out: TextIO = 
         out.write(text)
         out.flush()
 
+    # A process started in the background by a shell (`cmd &`, CI runners) inherits SIGINT as
+    # ignored, and Python then never raises KeyboardInterrupt: Ctrl-C would not stop a reply.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     write(f"{HELP}\n")
     while True:
         try:
