@@ -19,7 +19,7 @@ SCRIPTS = {
     "chat_engine.py": 2,
     "roofline.py": 2,
     "data_prep.py": 1,
-    "gradio_ttft.py": 1,
+    "gradio_ttft.py": 3,
     "gguf_vs_transformers.py": 2,
     "export_cost.py": 2,
     "train_speed.py": 3,
