@@ -229,3 +229,40 @@ def llamacpp_decode(engine, messages: list[dict], max_new_tokens: int) -> float:
     end = time.perf_counter()
     decoded = llama_cpp.llama_perf_context(engine.llm.ctx).n_eval  # every token after the prompt
     return (decoded - 1) / (end - first)
+
+
+LLAMA3_VOCAB = "vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf"
+
+
+def llama3_tokenizer() -> Path:
+    """Llama 3's real tokenizer (the Llama 3.2 recipes' own), built offline once into the cache:
+    llama.cpp ships its vocabulary as a test file (ggml-vocab-llama-bpe.gguf) in the llama-cpp-python
+    sdist that gguf/export.py already caches; transformers reads a tokenizer from a GGUF. Its chat
+    template is bench/llama3_chat_template.jinja (Llama 3's, abridged)."""
+    import tarfile
+    import tempfile
+
+    from gguf_export import converter
+
+    folder = cache() / "llama3-tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    from transformers import AutoTokenizer
+
+    version = converter.runtime_version()
+    sdist_dir = cache().parent / "sdist"
+    sdist = sdist_dir / f"llama_cpp_python-{version}.tar.gz"
+    if not sdist.is_file():
+        sdist = converter._download_sdist(version, sdist_dir)
+    print(f"# building Llama 3's tokenizer from {sdist.name} (once)", flush=True)
+    with tempfile.TemporaryDirectory(dir=cache()) as tmp:
+        with tarfile.open(sdist) as tar:
+            member = tar.getmember(f"llama_cpp_python-{version}/{LLAMA3_VOCAB}")
+            member.name = Path(LLAMA3_VOCAB).name
+            tar.extract(member, tmp, filter="data")
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=member.name)
+        tokenizer.chat_template = (BENCH / "llama3_chat_template.jinja").read_text().strip()
+        tokenizer.eos_token = "<|eot_id|>"  # as Llama 3.2 Instruct's config has it: turns end with eot
+        tokenizer.save_pretrained(Path(tmp) / "out")
+        os.replace(Path(tmp) / "out", folder)
+    return folder

@@ -38,15 +38,8 @@ def embedded_hf() -> Path:
 
 
 # Llama 3's template (abridged to what shapes the tokens; the date lines are as Meta ships them).
-LLAMA3_TEMPLATE = (
-    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
-    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
-    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n' }}"
-    "{{- 'Today Date: 26 Jul 2024\\n\\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
-    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
+# The data-preparation benchmark uses it too, so it lives beside that script.
+LLAMA3_TEMPLATE = (ROOT / "bench" / "llama3_chat_template.jinja").read_text().strip()
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,11 @@ LINE = re.compile(r"^(ratio|result) .+: -?[\d,.]+", re.M)
 SCRIPTS = {
     "chat_engine.py": 2,
     "roofline.py": 2,
-    "data_prep.py": 1,
+    "data_prep.py": 2,
     "gradio_ttft.py": 3,
     "gguf_vs_transformers.py": 2,
     "export_cost.py": 2,
-    "train_speed.py": 3,
+    "train_speed.py": 4,
 }
 
 

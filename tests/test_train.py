@@ -49,6 +49,11 @@ def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
     assert metrics["dropped"] == {} and metrics["rows"]["train"] > 200
     recipe = yaml.safe_load((adapter / "finch_recipe.yaml").read_text())
     assert recipe["lora_r"] == 16 and recipe["base_model_id"].endswith("SmolLM2-135M-Instruct-hf")
+    from finetune.backends import cpu_has_bf16
+
+    # precision auto: bf16 autocast where the CPU computes bf16 natively, fp32 elsewhere; the run says which
+    assert recipe["precision"] == "auto"
+    assert metrics["device"] == ("CPU, bf16 mixed precision" if cpu_has_bf16() else "CPU, fp32")
     assert "Finch training run complete" in proc.stdout and "tokens/s" in proc.stdout
 
 
@@ -146,6 +151,14 @@ def test_an_unknown_key_fails_at_start(tmp_path):
     assert proc.returncode != 0 and "learning-rat" in proc.stderr  # no silent abbreviation
 
 
+def test_a_precision_the_device_cannot_run_fails_at_start(tmp_path):
+    proc = train("--config", str(CPU_RECIPE), "--precision", "fp16", "--output_dir", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode != 0 and "fp16 training needs a CUDA GPU; on a CPU use --precision auto, bf16 or fp32" in proc.stderr
+    assert "Converting" not in proc.stderr and "Traceback" not in proc.stderr
+    proc = train("--config", str(CPU_RECIPE), "--precision", "half", "--output_dir", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode != 0 and "precision 'half' is not one of auto, fp32, bf16, fp16" in proc.stderr
+
+
 def test_a_dataset_without_usable_rows_fails_before_the_model_loads(tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "q", "answer": "a"}\n')
@@ -179,9 +192,10 @@ def test_early_stopping_ends_a_run_whose_eval_loss_stops_improving(tmp_path):
     # learning rate 0: the eval loss never improves, so patience 1 ends the run at the second eval.
     run_dir = tmp_path / "run"
     proc = train(*QUICK, "--learning_rate", "0", "--early_stopping_patience", "1", "--eval_steps", "2", "--save_steps", "2",
-                 "--output_dir", str(run_dir))
+                 "--precision", "fp32", "--output_dir", str(run_dir))  # the fp32 path, on any CPU
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    assert metrics["device"] == "CPU, fp32"
     assert metrics["global_step"] == 4  # not the 12 max_steps asks for
     assert sorted({e["step"] for e in metrics["log_history"] if "eval_loss" in e}) == [2, 4]  # + the final eval at 4
 

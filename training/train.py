@@ -41,7 +41,7 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     cfg.check(margs, lora, dargs, targs, out)
     run_dir = Path(out.output_dir).expanduser().resolve()
     run.ensure_writable(run_dir)
-    device = detect_device()
+    device = detect_device(margs.precision)
     dist = distributed.setup(cpu=device.kind == "cpu")  # one process, or one of several (accelerate launch)
     cpu_changes, dist_changes = cpu_substitutions(margs, targs.optim, device), distributed.substitutions(dist, targs.optim)
     for where, found in ((f"on {device.name}", cpu_changes), (f"with {dist.strategy}", dist_changes)):

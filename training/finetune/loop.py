@@ -76,8 +76,8 @@ def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
-        bf16=device.dtype == "bfloat16",
-        fp16=device.dtype == "float16",
+        bf16=device.compute_dtype == "bfloat16",  # on a CPU: autocast, the weights stay fp32
+        fp16=device.compute_dtype == "float16",
         use_cpu=device.kind == "cpu",
         gradient_checkpointing=gradient_checkpointing,
         max_length=None,  # already truncated during tokenization
