@@ -11,12 +11,9 @@ from dataclasses import dataclass
 from chat_runtime.engines.transformers_engine import bnb_config, pick_dtype_name
 from chat_runtime.spec import require_safetensors
 
-from .config import LoraArgs, ModelArgs
+from .config import DTYPES, LoraArgs, ModelArgs
 
 log = logging.getLogger(__name__)
-
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)

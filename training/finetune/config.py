@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BACKENDS = ("auto", "unsloth", "peft")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# --precision names -> torch dtype names; "auto" picks from the device (finetune.backends.detect_device).
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PRECISIONS = ("auto", *DTYPES)
 
 
 def _help(text: str, **kw):
