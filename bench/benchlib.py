@@ -244,7 +244,7 @@ def llama3_tokenizer() -> Path:
 
     from gguf_export import converter
 
-    folder = cache() / "llama3-tokenizer"
+    folder = cache() / "llama3-tokenizer-meta"
     if (folder / "tokenizer.json").is_file():
         return folder
     from transformers import AutoTokenizer
@@ -264,5 +264,11 @@ def llama3_tokenizer() -> Path:
         tokenizer.chat_template = (BENCH / "llama3_chat_template.jinja").read_text().strip()
         tokenizer.eos_token = "<|eot_id|>"  # as Llama 3.2 Instruct's config has it: turns end with eot
         tokenizer.save_pretrained(Path(tmp) / "out")
+        # Meta's tokenizer.json takes a word that is in the vocabulary whole (as tiktoken, Llama 3's
+        # reference tokenizer, does); the GGUF does not record it, so set it as Meta ships it.
+        spec_file = Path(tmp) / "out" / "tokenizer.json"
+        spec = json.loads(spec_file.read_text())
+        spec["model"]["ignore_merges"] = True
+        spec_file.write_text(json.dumps(spec, ensure_ascii=False))
         os.replace(Path(tmp) / "out", folder)
     return folder

@@ -55,6 +55,20 @@ def llama3_tokenizer(embedded_hf):
 
 
 @pytest.fixture(scope="session")
+def meta_llama3():
+    """Llama 3's real tokenizer (128,256 tokens), built offline by the benchmarks' helper from the
+    vocabulary llama.cpp ships as a test file, with Meta's settings and Llama 3's chat template."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import benchlib
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return AutoTokenizer.from_pretrained(benchlib.llama3_tokenizer())
+
+
+@pytest.fixture(scope="session")
 def llamacpp_service(embedded_gguf):
     from chat_runtime import ChatService, ModelSpec
 

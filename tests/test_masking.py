@@ -77,10 +77,11 @@ def test_a_tokenizer_without_a_template_is_refused(embedded_hf):
         masking.tokenize(Dataset.from_dict({"messages": [CONVERSATION]}), tok, max_length=None)
 
 
-@pytest.mark.parametrize("name", ["chatml", "llama3"])
+@pytest.mark.parametrize("name", ["chatml", "llama3", "meta_llama3"])
 def test_the_fast_batch_path_gives_the_ids_and_labels_of_one_by_one_tokenizing(request, name, repo_root):
-    """masking.tokenize encodes straight through the Rust tokenizer, in batches; its rows must equal
-    the plain path: each segment rendered alone and tokenized by `tokenizer(text)`, as engines do."""
+    """masking.tokenize encodes in batches, straight through the Rust tokenizer or (Llama 3's real
+    tokenizer) through tiktoken; its rows must equal the plain path: each segment rendered alone and
+    tokenized by `tokenizer(text)`, as engines do."""
     import json
 
     from chat_runtime.templating import encode, segments

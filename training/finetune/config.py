@@ -51,7 +51,8 @@ class DataArgs:
     dataset_split: str = _help("split to read from Hub datasets", default="train")
     eval_fraction: float = _help("share of rows held out for eval loss / perplexity (0 = none)", default=0.05)
     max_rows: int | None = _help("use at most this many rows after mixing (quick runs)", default=None)
-    num_proc: int | None = _help("processes for data preparation (default: one)", default=None)
+    num_proc: int | None = _help("processes for data preparation (default: one per core for 50k+ rows "
+                                  "through tiktoken, else one, whose Rust tokenizer uses every core)", default=None)
 
 
 @dataclass
