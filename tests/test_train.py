@@ -169,6 +169,20 @@ def test_a_dataset_without_usable_rows_fails_before_the_model_loads(tmp_path):
     assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp_path, embedded_hf, meta_llama3):
+    """The embedded weights (49,152 embedding rows) beside Llama 3's tokenizer (ids up to 128,255)."""
+    model = tmp_path / "mismatched"
+    model.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        (model / name).symlink_to(embedded_hf / name)
+    meta_llama3.save_pretrained(model)
+    proc = train(*QUICK, "--model", str(model), "--output_dir", str(tmp_path / "run"))
+    assert proc.returncode != 0
+    assert "Data preparation failed, nothing was trained" in proc.stderr
+    assert "embedding has 49152 rows" in proc.stderr and "not the model's own" in proc.stderr
+    assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_an_unwritable_output_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -87,6 +87,7 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
             train_ds, dropped_train = masking.tokenize(prepared.train, tokenizer, margs.max_seq_length, dargs.num_proc)
             eval_ds, dropped_eval = (masking.tokenize(prepared.eval, tokenizer, margs.max_seq_length, dargs.num_proc)
                                      if prepared.eval is not None else (None, Counter()))
+            masking.check_ids_fit(train_ds, model_path, margs.trust_remote_code)
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
             raise SystemExit(f"Data preparation failed, nothing was trained: {err}") from None
     dropped = prepared.dropped + dropped_train + dropped_eval

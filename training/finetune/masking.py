@@ -120,3 +120,18 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int | None, num_proc: int 
     clean = tokenized.filter(lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True,
                              batch_size=10_000)
     return clean.remove_columns("bad_reason"), reasons
+
+
+def check_ids_fit(dataset: Dataset, model_path: str, trust_remote_code: bool = False) -> None:
+    """Refuse token ids the model has no embedding row for (its folder holds another model's
+    tokenizer), which would otherwise stop the first step with an IndexError."""
+    import pyarrow.compute as pc
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).get_text_config()
+    rows = getattr(config, "vocab_size", None)
+    largest = pc.max(pc.list_flatten(dataset.data.column("input_ids"))).as_py() if len(dataset) else None
+    if rows and largest is not None and largest >= rows:
+        raise ValueError(f"the tokenizer gives token id {largest}, but the model's embedding has {rows} rows: the "
+                         f"tokenizer in {model_path} is not the model's own. Use a model folder whose tokenizer "
+                         "files came with its weights.")
