@@ -22,7 +22,8 @@ SHAPES = {
                          num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=True,
                          rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=131072),
     # A few-MB stand-in with the same layout, for the benchmarks' --quick smoke runs (widths stay
-    # multiples of 256 so k-quants apply; the vocabulary is the embedded tokenizer's).
+    # multiples of 256 so k-quants apply; the vocabulary is the embedded tokenizer's, or grows to fit
+    # the one given).
     "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
                  rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
@@ -39,7 +40,9 @@ def build(shape: str, out: Path, tokenizer_dir: Path | None, dtype: str = "bfloa
 
         tokenizer_dir = embedded.hf_dir()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(**SHAPES[shape], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    # Every token id needs an embedding row: a larger tokenizer than the shape's widens the vocabulary.
+    shape_config = {**SHAPES[shape], "vocab_size": max(SHAPES[shape]["vocab_size"], len(tokenizer))}
+    config = LlamaConfig(**shape_config, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     with torch.device("cpu"):

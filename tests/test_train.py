@@ -183,6 +183,23 @@ def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp
     assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, meta_llama3):
+    """A tiny random Llama with Llama 3's real tokenizer: data goes through tiktoken (fastbpe), and
+    the steps that follow are real."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from shaped_model import build
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    meta_llama3.save_pretrained(tmp_path / "tokenizer")
+    model = build("tiny", tmp_path / "tiny-llama3", tmp_path / "tokenizer", dtype="float32")
+    proc = train(*QUICK, "--model", str(model), "--max_steps", "4", "--output_dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tokenizing with tiktoken (the same ids as the tokenizer, checked)" in proc.stderr
+    metrics = json.loads((tmp_path / "run" / "adapter" / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and 0 < metrics["final_train_loss"] < 20
+
+
 def test_an_unwritable_output_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
