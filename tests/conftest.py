@@ -54,18 +54,31 @@ def llama3_tokenizer(embedded_hf):
     return tok
 
 
+def bench_module(name: str):
+    """A module of bench/ (its scripts import each other by plain name), imported without leaving
+    bench/ on sys.path."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
 @pytest.fixture(scope="session")
 def meta_llama3():
     """Llama 3's real tokenizer (128,256 tokens), built offline by the benchmarks' helper from the
     vocabulary llama.cpp ships as a test file, with Meta's settings and Llama 3's chat template."""
     from transformers import AutoTokenizer
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import benchlib
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return AutoTokenizer.from_pretrained(benchlib.llama3_tokenizer())
+    return AutoTokenizer.from_pretrained(bench_module("benchlib").llama3_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def shaped_model():
+    """bench/shaped_model.py: Llama-shaped folders with random weights and a given tokenizer."""
+    return bench_module("shaped_model")
 
 
 @pytest.fixture(scope="session")

@@ -183,16 +183,11 @@ def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp
     assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, meta_llama3):
+def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, meta_llama3, shaped_model):
     """A tiny random Llama with Llama 3's real tokenizer: data goes through tiktoken (fastbpe), and
     the steps that follow are real."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from shaped_model import build
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
     meta_llama3.save_pretrained(tmp_path / "tokenizer")
-    model = build("tiny", tmp_path / "tiny-llama3", tmp_path / "tokenizer", dtype="float32")
+    model = shaped_model.build("tiny", tmp_path / "tiny-llama3", tmp_path / "tokenizer", dtype="float32")
     proc = train(*QUICK, "--model", str(model), "--max_steps", "4", "--output_dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tokenizing with tiktoken (the same ids as the tokenizer, checked)" in proc.stderr

@@ -138,9 +138,16 @@ def _matches(encoder: TiktokenBPE, tokenizer, texts: list[str]) -> bool:
     return all(ours == theirs.ids for ours, theirs in zip(encoder(texts), reference))
 
 
-def _build(tokenizer) -> TiktokenBPE | None:
+def plain_backend(tokenizer):
+    """The tokenizer's Rust `tokenizers.Tokenizer`, if it has one and no truncation or padding set
+    (which transformers' own call must then handle); else None."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is None or backend.truncation or backend.padding:
+    return None if backend is None or backend.truncation or backend.padding else backend
+
+
+def _build(tokenizer) -> TiktokenBPE | None:
+    backend = plain_backend(tokenizer)
+    if backend is None:
         return None
     try:
         import tiktoken
