@@ -273,6 +273,21 @@ def llama_servers(embedded_gguf, tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture
+def stream_cut():
+    """make(upstream_port) -> a StreamCut relay (tests/stream_cut.py) to that port; closed afterwards."""
+    relays = []
+    module = load_app(ROOT / "tests" / "stream_cut.py", "finch_stream_cut")
+
+    def make(upstream_port: int):
+        relays.append(module.StreamCut(upstream_port))
+        return relays[-1]
+
+    yield make
+    for relay in relays:
+        relay.close()
+
+
 @pytest.fixture(scope="session")
 def launch_app():
     """`launch_app(folder, env, log) -> (process, port)`: `python app.py` started in `folder` (an app
