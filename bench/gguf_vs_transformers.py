@@ -1,5 +1,5 @@
 """Item 3: serving a fine-tune on CPU. Finch's GGUF path (adapter merged, exported to GGUF, run on
-llama.cpp) vs transformers fp32 + the peft adapter (how seed 003 served on CPU): decode tokens/s
+llama.cpp) vs transformers fp32 + the peft adapter (how a Space serves an adapter on CPU without a GGUF): decode tokens/s
 (expect >= 3x), on the embedded model and on the Llama-3.2-1B shape.
 
     .venv/bin/python bench/gguf_vs_transformers.py            # embedded (q8_0) and 1B shape (q4_k_m)

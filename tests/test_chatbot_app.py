@@ -146,6 +146,35 @@ def test_undo_and_clear(chatbot, page):
     page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 0")
 
 
+def test_an_example_prompt_is_answered_and_an_edited_message_is_answered_anew(chatbot, page, wait_until_idle):
+    module, url = chatbot
+    open_chat(page, url)
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 24)
+    page.get_by_label(f"Select example 1: {module.EXAMPLES[0]}").click()
+    page.locator(BOT).first.wait_for()
+    wait_idle(page)
+    assert page.locator("[data-testid=user]").first.inner_text().strip() == module.EXAMPLES[0]
+    assert "Paris" in last_bot_text(page)
+    # Editing the question replaces it, and the reply is generated again for the new text.
+    page.get_by_label("Edit").click()
+    page.locator("textarea.edit-textarea").fill("What is the capital of Italy?")
+    page.get_by_label("Submit").click()
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=user]')].some("
+                           "e => e.innerText.includes('Italy'))")
+    page.locator(BOT).first.wait_for()
+    wait_until_idle(module.service, 60)  # an edit's reply leaves the textbox's submit button showing throughout
+    page.wait_for_timeout(500)  # the last streamed piece reaches the page
+    users = page.locator("[data-testid=user]")
+    assert users.count() == 1 and users.first.inner_text().strip() == "What is the capital of Italy?"
+    # The new reply is the one this question gets alone, in a fresh chat, with the page's settings.
+    from chat_runtime import GenerationParams
+
+    alone = list(module.service.reply("What is the capital of Italy?", [], module.SYSTEM_PROMPT,
+                                      GenerationParams(temperature=0, max_new_tokens=24)))[-1].text
+    assert page.locator(BOT).count() == 1 and last_bot_text(page).strip() == alone.strip()
+
+
 def test_a_conversation_longer_than_the_context_is_answered_with_the_system_prompt_kept(chatbot, page, monkeypatch):
     module, url = chatbot
     engine = module.service.engine

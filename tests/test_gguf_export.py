@@ -362,7 +362,7 @@ def test_entry_scripts_shadow_nothing(repo_root):
 
 @pytest.mark.e2e
 def test_a_llama3_template_gguf_prompts_with_the_ids_training_used(embedded_hf, llama3_tokenizer, tmp_path):
-    """Issue #5 item 1 across the last hop: a model with Llama 3's template and special tokens,
+    """No template drift across the last hop: a model with Llama 3's template and special tokens,
     converted by our export, is prompted by the llama.cpp engine with exactly training's ids."""
     import torch
     from datasets import Dataset

@@ -89,7 +89,7 @@ def test_the_adapter_loads_with_peft_and_through_the_chatbot_runtime(trained_run
 
 
 def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
-    """Issue #5's bar on the CPU recipe: the run's own fidelity check (gguf/verify.py), in its card."""
+    """The bar for export fidelity on the CPU recipe: the run's own fidelity check (gguf/verify.py), in its card."""
     run_dir, proc = trained_run
     report = json.loads((run_dir / "adapter" / "fidelity.json").read_text())
     rows = {r["hop"]: r for r in report["summary"]}

@@ -41,8 +41,6 @@ DEFAULT_CONTEXT_CAP = 4096
 MAX_CONCURRENT_GENERATIONS = _env_int("FINCH_MAX_CONCURRENT", 1)
 # Requests waiting in the app's queue; beyond this a client is told the app is busy.
 QUEUE_SIZE = _env_int("FINCH_QUEUE_SIZE", 16)
-# Seconds a cancelled generation may take to notice the cancel (it checks once per token).
-CANCEL_GRACE_SECONDS = _env_float("FINCH_CANCEL_GRACE_SECONDS", 1.0)
 # Longest story title (and genre, tone) the storymaker keeps, in characters; longer ones are cut.
 MAX_TITLE_CHARS = _env_int("FINCH_MAX_TITLE_CHARS", 120)
 # Seconds the server engine waits to connect and for each piece of a reply before telling the user

@@ -1,5 +1,5 @@
 """The training recipe: dataclasses with help text. Defaults are the production recipe (Llama 3.2
-1B Instruct, FineTome-100k, 4-bit QLoRA, seed 001's T4 hyperparameters); a YAML recipe overrides
+1B Instruct, FineTome-100k, 4-bit QLoRA, the T4 settings of the Unsloth Llama 3.2 1B fine-tune); a YAML recipe overrides
 them and the command line overrides the YAML (TrlParser). Unknown keys fail at start."""
 
 from __future__ import annotations

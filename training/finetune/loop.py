@@ -16,10 +16,6 @@ from .config import TrainArgs
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss and was stopped."""
-
-
 class NanGuard(TrainerCallback):
     """Stop at the first non-finite logged loss, before that step's checkpoint is written."""
 
