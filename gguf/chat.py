@@ -3,7 +3,7 @@
     python gguf/chat.py                                              # the embedded SmolLM2-135M-Instruct
     python gguf/chat.py --gguf outputs/gguf/my-adapter-q4_k_m.gguf
     python gguf/chat.py --gguf you/my-model-GGUF/my-model-q4_k_m.gguf --temperature 0   # from the Hub
-    python gguf/chat.py --gguf base-f16.gguf --lora outputs/gguf/my-adapter-lora-f16.gguf
+    python gguf/chat.py --gguf base-f16.gguf --lora_gguf outputs/gguf/my-adapter-lora-f16.gguf
 
 The settings are the Space's (temperature, top-p, max new tokens, repetition penalty, system
 prompt), with the same defaults and ranges. Replies stream as they are decoded. /reset starts over,
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from chat_runtime import DEFAULTS, RANGES, ChatService, ModelSpec, validate
+from chat_runtime.errors import UserError, run_main
 
 
 def _range(name: str) -> str:
@@ -29,7 +30,7 @@ def _range(name: str) -> str:
 @dataclass
 class ChatArgs:
     gguf: str | None = field(default=None, metadata={"help": "GGUF file: a path or owner/repo/file.gguf; unset: the embedded model"})
-    lora: str | None = field(default=None, metadata={"help": "a LoRA GGUF to apply on top (from gguf/export.py --lora_gguf)"})
+    lora_gguf: str | None = field(default=None, metadata={"help": "a LoRA GGUF to apply on top (from gguf/export.py --lora_gguf)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system prompt; unset: the model template's own, if any"})
     temperature: float = field(default=DEFAULTS.temperature, metadata={"help": f"0 = greedy; {_range('temperature')}"})
     top_p: float = field(default=DEFAULTS.top_p, metadata={"help": f"nucleus sampling; {_range('top_p')}"})
@@ -43,12 +44,11 @@ def main(args: ChatArgs) -> int:
     try:
         params = validate(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                           repetition_penalty=args.repetition_penalty)
-        if args.lora and not args.gguf:
-            raise ValueError("--lora needs --gguf: the GGUF of the base model the LoRA was trained on")
-        service = ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=args.gguf, gguf_lora=args.lora))
+        if args.lora_gguf and not args.gguf:
+            raise ValueError("--lora_gguf needs --gguf: the GGUF of the base model the LoRA was trained on")
+        service = ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=args.gguf, gguf_lora=args.lora_gguf))
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UserError(str(err)) from None
     print(f"Finch chat · {service.engine.label}")
     try:
         import readline  # noqa: F401  line editing and history for input(), where the platform has it
@@ -61,7 +61,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     (parsed,) = HfArgumentParser(ChatArgs).parse_args_into_dataclasses(args=sys.argv[1:])
     try:
-        sys.exit(main(parsed))
+        run_main(lambda: main(parsed))
     except KeyboardInterrupt:  # Ctrl-C while loading: leave without a traceback
         print("\nbye")
         sys.exit(130)

@@ -26,7 +26,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from chat_runtime.embedded import cache_dir
-from gguf_export import ExportError
+from chat_runtime.errors import run_main
 from gguf_export.quants import DEFAULT_QUANT, QUANTS, parse_quants
 
 log = logging.getLogger("finch.export")
@@ -90,10 +90,7 @@ if __name__ == "__main__":
     if parsed.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
     try:
-        sys.exit(main(parsed))
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        run_main(lambda: main(parsed))
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was left at the final paths", file=sys.stderr)
         sys.exit(130)

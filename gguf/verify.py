@@ -19,6 +19,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from chat_runtime.errors import run_main
 from gguf_export import ExportError
 from gguf_export.quants import QUANTS, parse_quants
 from gguf_export.verify import AGREE_TOKENS, MAX_NEW_TOKENS, PROMPTS, save, verify_adapter
@@ -74,8 +75,4 @@ def main(args: VerifyArgs) -> int:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     (parsed,) = HfArgumentParser(VerifyArgs).parse_args_into_dataclasses(args=sys.argv[1:])
-    try:
-        sys.exit(main(parsed))
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(lambda: main(parsed))

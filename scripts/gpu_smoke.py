@@ -20,7 +20,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from chat_runtime import GenerationParams, ModelSpec
-from chat_runtime.engines.transformers_engine import TransformersEngine, pick_dtype_name
+from chat_runtime.engines.transformers_engine import TransformersEngine
+from chat_runtime.precision import pick_dtype_name
 
 
 def materialize(model_dir: Path, out: Path) -> Path:

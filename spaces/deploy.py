@@ -24,6 +24,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from chat_runtime.errors import UserError, run_main
 from chat_runtime.spec import ModelSpec
 from space_deploy.bundle import assemble
 from space_deploy.hub import deploy
@@ -50,7 +51,7 @@ class DeployArgs:
 def variables_for(args: DeployArgs) -> dict[str, str]:
     """The Space variables that tell the runtime what to load."""
     if not (args.model or args.adapter or args.gguf or args.server_url):
-        raise SystemExit("Say what the Space serves: --adapter (and optionally --model), --gguf, or --server_url.")
+        raise UserError("Say what the Space serves: --adapter (and optionally --model), --gguf, or --server_url.")
     values = {"FINCH_MODEL": args.model, "FINCH_ADAPTER": args.adapter, "FINCH_GGUF": args.gguf,
               "FINCH_LOAD_IN_4BIT": "1" if args.load_in_4bit else None,
               "FINCH_SERVER_URL": args.server_url, "FINCH_SERVER_MODEL": args.server_model}
@@ -60,7 +61,7 @@ def variables_for(args: DeployArgs) -> dict[str, str]:
             ModelSpec(base=args.model, adapter=args.adapter, gguf=args.gguf, load_in_4bit=args.load_in_4bit,
                       server_url=args.server_url, server_model=args.server_model).resolved()
         except ValueError as err:
-            raise SystemExit(f"Cannot deploy that: {err}") from None
+            raise UserError(f"Cannot deploy that: {err}") from None
     return variables
 
 
@@ -78,7 +79,7 @@ def main(args: DeployArgs) -> None:
         print(f"Bundle written to {bundle}\nSpace variables: {json.dumps(variables)}\nSpace secrets: {secrets}")
         return
     if not args.space_id:
-        raise SystemExit("--space_id owner/name is needed to deploy (or use --dry_run FOLDER)")
+        raise UserError("--space_id owner/name is needed to deploy (or use --dry_run FOLDER)")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = assemble(args.app, Path(tmp) / "bundle", variables)
         hardware = args.hardware or ("cpu-basic" if args.server_url else "t4-small")
@@ -89,4 +90,4 @@ def main(args: DeployArgs) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     (parsed,) = HfArgumentParser(DeployArgs).parse_args_into_dataclasses(args=sys.argv[1:])
-    main(parsed)
+    run_main(lambda: main(parsed))

@@ -4,7 +4,6 @@ The app runs in this process, built exactly as `python chatbot_app/app.py` build
 tests can also look at the runtime: that Stop really ends generation, and what the model saw.
 """
 
-import re
 import time
 
 import pytest

@@ -141,7 +141,7 @@ def test_two_cpu_processes_train_one_adapter_log_once_and_resume(tmp_path):
     assert len(writers) == 1 and not (run_dir / "checkpoints" / "runs").exists()  # one process wrote them, in logs/
 
     adapter = run_dir / "adapter"
-    recipe = yaml.safe_load((adapter / "finch_recipe.yaml").read_text())
+    recipe = yaml.safe_load((adapter / "recipe.yaml").read_text())
     assert (recipe["processes"], recipe["strategy"], recipe["global_batch_size"]) == (2, "ddp", 8)
     metrics = json.loads((adapter / "metrics.json").read_text())
     steps = [e["step"] for e in metrics["log_history"] if "loss" in e]

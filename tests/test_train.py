@@ -40,14 +40,14 @@ def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
     run_dir, proc = trained_run
     adapter = run_dir / "adapter"
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
-                 "finch_recipe.yaml", "metrics.json", "loss.png", "samples.json", "README.md"):
+                 "recipe.yaml", "metrics.json", "loss.png", "samples.json", "README.md"):
         assert (adapter / name).is_file(), name
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
     metrics = json.loads((adapter / "metrics.json").read_text())
     assert metrics["final_train_loss"] < metrics["first_train_loss"] * 0.5
     assert metrics["eval"]["loss"] < metrics["base_eval"]["loss"]  # held-out loss below the base's
     assert metrics["dropped"] == {} and metrics["rows"]["train"] > 200
-    recipe = yaml.safe_load((adapter / "finch_recipe.yaml").read_text())
+    recipe = yaml.safe_load((adapter / "recipe.yaml").read_text())
     assert recipe["lora_r"] == 16 and recipe["base_model_id"].endswith("SmolLM2-135M-Instruct-hf")
     from finetune.backends import cpu_has_bf16
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from chat_runtime.errors import UserError, run_main
 from finetune import config as cfg
 from finetune import data, distributed, masking, report, run
 from finetune.backends import BACKENDS, cpu_substitutions, detect_device, pick_backend
@@ -65,13 +66,13 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
             if dist.is_main:
                 print(f"Pushed: {report.push(run_dir / 'adapter', out.push_to_hub, out.private)}")
             return
-        raise SystemExit(f"{run_dir} already holds a finished run. Use --overwrite true or another --output_dir.")
+        raise UserError(f"{run_dir} already holds a finished run. Use --overwrite true or another --output_dir.")
     resume = None if out.overwrite else newest_checkpoint(run_dir)
     if dist.is_main:  # the others wait for it in data preparation; if it stops here, the launcher stops them
         if resume:
             drift = run.recipe_drift(run.saved_recipe(run_dir) or {}, recipe)
             if drift:
-                raise SystemExit(f"{run_dir} holds an interrupted run with other settings ({', '.join(drift)}): "
+                raise UserError(f"{run_dir} holds an interrupted run with other settings ({', '.join(drift)}): "
                                  "run the original command to resume it, or use another --output_dir.")
             log.info("resuming from %s", resume)
         run.save_recipe(run_dir, recipe)
@@ -89,12 +90,12 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
                                      if prepared.eval is not None else (None, Counter()))
             masking.check_ids_fit(train_ds, model_path, margs.trust_remote_code)
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-            raise SystemExit(f"Data preparation failed, nothing was trained: {err}") from None
+            raise UserError(f"Data preparation failed, nothing was trained: {err}") from None
     dropped = prepared.dropped + dropped_train + dropped_eval
     log.info("data: %d train / %d eval conversations; dropped %s", len(train_ds), len(eval_ds or []),
              dict(dropped) or "none")
     if not len(train_ds):
-        raise SystemExit(f"No trainable rows left after tokenization (dropped: {dict(dropped)}). "
+        raise UserError(f"No trainable rows left after tokenization (dropped: {dict(dropped)}). "
                          "Raise max_seq_length or check that conversations have assistant replies.")
 
     # The trainer config comes before the model: under DeepSpeed ZeRO-3 it tells from_pretrained to shard.
@@ -108,7 +109,7 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     result = trainer.train(resume_from_checkpoint=resume)
     if guard.bad_step is not None:
         last = newest_checkpoint(run_dir)
-        raise SystemExit(f"The loss became NaN/inf at step {guard.bad_step}; training stopped. Last good checkpoint: "
+        raise UserError(f"The loss became NaN/inf at step {guard.bad_step}; training stopped. Last good checkpoint: "
                          f"{last or 'none yet'}. Lower learning_rate (or check the data), then rerun to resume.")
     final_eval = trainer.evaluate() if eval_ds is not None else {}
     state_dict = distributed.full_state_dict(trainer, dist)  # gathers sharded weights: every process takes part
@@ -146,4 +147,4 @@ def make_parser() -> TrlParser:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    main(*make_parser().parse_args_and_config())
+    run_main(lambda: main(*make_parser().parse_args_and_config()))

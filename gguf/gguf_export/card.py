@@ -138,7 +138,7 @@ def model_card(result: Export, repo_id: str | None, extra_sections: str = "") ->
     made_from = f"LoRA adapter `{adapter}` merged into `{base}`" if result.adapter else f"`{base}`"
     lora = next((a for a in result.artifacts if a.kind == "lora"), None)
     lora_text = (f"\n`{lora.path.name}` holds the adapter alone. With Finch: `python gguf/chat.py --gguf <a GGUF of {base}> "
-                 f"--lora {lora.path.name}`; with llama.cpp: `llama-cli -m <base>.gguf --lora {lora.path.name}`.\n" if lora else "")
+                 f"--lora_gguf {lora.path.name}`; with llama.cpp: `llama-cli -m <base>.gguf --lora {lora.path.name}`.\n" if lora else "")
     config = {"base_model": base, "adapter": adapter if result.adapter else None, "converter": result.converter,
               "chat_template_family": (family_of(result.chat_template) or Family("other", "", "", ())).name,
               "eos_token": result.eos_token, "files": [a.path.name for a in result.artifacts]}

@@ -1,8 +1,10 @@
-"""The one error type the entry scripts show as a single line (no traceback): it says what went
-wrong and what to do. Anything else is a bug and keeps its traceback."""
+"""The export's user errors: UserErrors (chat_runtime.errors), shown by the entry scripts as one
+line that says what went wrong and what to do. Anything else is a bug and keeps its traceback."""
+
+from chat_runtime.errors import UserError
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """A problem the user can fix; the message names the fix."""
 
 

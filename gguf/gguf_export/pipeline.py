@@ -54,6 +54,7 @@ class Export:
     eos_token: str | None
     artifacts: list[Artifact] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # step -> time, for the summary
+    eos_id: int | None = None  # the end token's id, checked in every GGUF written
 
 
 def default_name(adapter: str | None, model: str | None) -> str:
@@ -83,22 +84,59 @@ def _tokenizer_facts(folder: Path) -> tuple[str | None, str | None, int | None]:
     return tok.chat_template, tok.eos_token, tok.eos_token_id
 
 
+@dataclass
+class Sources:
+    """What the export reads: the model folder to convert (the base, when an adapter is merged into
+    it) and the adapter folder, both local and checked."""
+
+    base: str  # base model id or folder, as the user or the adapter names it
+    base_dir: Path
+    adapter_dir: Path | None
+    converter: conv.Converter
+
+
 def run_export(
     *, adapter: str | None, model: str | None, output_dir: Path, name: str | None, quants: list[str],
     lora_gguf: bool = False, llama_cpp_dir: str | None = None, merge_dtype: str = "float16",
     cache: Path, verbose: bool = False,
 ) -> Export:
     """Export an adapter (merged into its base) or a full model to GGUF files in `output_dir`."""
+    check_request(adapter, model, lora_gguf, merge_dtype)
+    name = name or default_name(adapter, model)
+    # Everything that can be refused is refused here, before minutes of work.
+    sources = resolve_sources(adapter, model, lora_gguf, llama_cpp_dir, cache)
+    prepare_output(output_dir, sources, quants)
+
+    steps = (sources.adapter_dir is not None) + 1 + sum(q != "f16" for q in quants) + lora_gguf
+    bar = tqdm(total=steps, desc="export", unit="step", disable=None)
+    scratch = work_dir(output_dir)
+    try:
+        hf_dir, merge_s = merge_stage(sources, scratch, merge_dtype, bar)
+        result, f16 = convert_stage(sources, hf_dir, scratch, name, adapter, verbose, bar)
+        if sources.adapter_dir is not None:
+            result.seconds["merge"] = merge_s
+        quantize_stage(result, f16, quants, output_dir, verbose, bar)
+        if lora_gguf:
+            lora_gguf_stage(result, sources, output_dir, verbose, bar)
+    finally:
+        bar.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def check_request(adapter: str | None, model: str | None, lora_gguf: bool, merge_dtype: str) -> None:
+    """Refuse a request that cannot mean anything, before any file is read."""
     if not (adapter or model):
         raise ExportError("say what to export: --adapter (a LoRA folder or Hub id) or --model (a full model)")
     if lora_gguf and not adapter:
         raise ExportError("--lora_gguf needs --adapter: a LoRA GGUF is made from an adapter")
     if merge_dtype not in MERGE_DTYPES:
         raise ExportError(f"unknown --merge_dtype {merge_dtype!r}: choose from {', '.join(MERGE_DTYPES)}")
-    name = name or default_name(adapter, model)
-    finals = {q: output_dir / f"{name}-{q}.gguf" for q in quants}
 
-    # Everything that can be refused is refused here, before minutes of work.
+
+def resolve_sources(adapter: str | None, model: str | None, lora_gguf: bool, llama_cpp_dir: str | None,
+                    cache: Path) -> Sources:
+    """Local folders for the model and adapter, safetensors only, an architecture the converter knows."""
     if adapter:
         adapter_dir, base_dir, base = resolve_adapter(adapter, model)
         if lora_gguf:
@@ -119,71 +157,81 @@ def run_export(
         if known and arch not in known:
             raise ExportError(f"Model {arch} is not supported by llama.cpp's converter ({converter.origin}): use a base it "
                               "supports, or a newer llama.cpp checkout via --llama_cpp_dir")
+    return Sources(base, base_dir, adapter_dir, converter)
+
+
+def prepare_output(output_dir: Path, sources: Sources, quants: list[str]) -> None:
+    """The output folder exists, holds no leftovers of a failed export, and has room for this one."""
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(output_dir)
-    check_free_space(output_dir, needed_bytes(_param_count(base_dir), quants, merging=adapter_dir is not None))
+    merging = sources.adapter_dir is not None
+    check_free_space(output_dir, needed_bytes(_param_count(sources.base_dir), quants, merging=merging))
 
-    steps = (adapter_dir is not None) + 1 + sum(q != "f16" for q in quants) + lora_gguf
-    bar = tqdm(total=steps, desc="export", unit="step", disable=None)
-    scratch = work_dir(output_dir)
-    try:
-        hf_dir = base_dir
-        t = time.perf_counter()
-        if adapter_dir is not None:
-            log.info("merging the adapter into %s (%s)", base, merge_dtype)
-            bar.set_postfix_str("merging")
-            hf_dir = merge_adapter(base_dir, adapter_dir, scratch / "merged", merge_dtype)
-            bar.update()
-        merge_s = time.perf_counter() - t
 
-        t = time.perf_counter()
-        log.info("converting to an f16 GGUF with llama.cpp's converter (%s)", converter.origin)
-        bar.set_postfix_str("converting")
-        f16 = scratch / f"{name}-f16.gguf"
-        conv.run(converter, "convert_hf_to_gguf.py",
-                 [str(hf_dir), "--outtype", "f16", "--outfile", str(f16), "--model-name", name],
-                 "converting to GGUF", verbose)
-        template, eos_token, eos_id = _tokenizer_facts(hf_dir)
-        check_chat_metadata(f16, template, eos_id)
-        result = Export(name, base, adapter, converter.origin, template, eos_token)
-        if adapter_dir is not None:
-            result.seconds["merge"] = merge_s
-        result.seconds["convert"] = convert_s = time.perf_counter() - t
+def merge_stage(sources: Sources, scratch: Path, merge_dtype: str, bar) -> tuple[Path, float]:
+    """The HF folder to convert: the adapter merged into its base (in scratch), or the model itself."""
+    if sources.adapter_dir is None:
+        return sources.base_dir, 0.0
+    started = time.perf_counter()
+    log.info("merging the adapter into %s (%s)", sources.base, merge_dtype)
+    bar.set_postfix_str("merging")
+    merged = merge_adapter(sources.base_dir, sources.adapter_dir, scratch / "merged", merge_dtype)
+    bar.update()
+    return merged, time.perf_counter() - started
+
+
+def convert_stage(sources: Sources, hf_dir: Path, scratch: Path, name: str, adapter: str | None, verbose: bool,
+                  bar) -> tuple[Export, Path]:
+    """The f16 GGUF (in scratch) by llama.cpp's converter, its template and end token checked."""
+    started = time.perf_counter()
+    log.info("converting to an f16 GGUF with llama.cpp's converter (%s)", sources.converter.origin)
+    bar.set_postfix_str("converting")
+    f16 = scratch / f"{name}-f16.gguf"
+    conv.run(sources.converter, "convert_hf_to_gguf.py",
+             [str(hf_dir), "--outtype", "f16", "--outfile", str(f16), "--model-name", name],
+             "converting to GGUF", verbose)
+    template, eos_token, eos_id = _tokenizer_facts(hf_dir)
+    check_chat_metadata(f16, template, eos_id)
+    result = Export(name, sources.base, adapter, sources.converter.origin, template, eos_token, eos_id=eos_id)
+    result.seconds["convert"] = time.perf_counter() - started
+    bar.update()
+    return result, f16
+
+
+def quantize_stage(result: Export, f16: Path, quants: list[str], output_dir: Path, verbose: bool, bar) -> None:
+    """Each quant from the f16 file, each checked and moved into place whole; then the f16 itself."""
+    finals = {q: output_dir / f"{result.name}-{q}.gguf" for q in quants}
+    for quant in quants:
+        if quant == "f16":
+            continue
+        started = time.perf_counter()
+        log.info("quantizing to %s", quant)
+        bar.set_postfix_str(f"quantizing to {quant}")
+        with atomic_output(finals[quant]) as tmp:
+            fallbacks = quantize(f16, tmp, quant, verbose)
+            check_chat_metadata(tmp, result.chat_template, result.eos_id)
+        note = f"{fallbacks} tensors kept another type: their width is not a multiple of 256" if fallbacks else ""
+        result.artifacts.append(Artifact(finals[quant], quant, time.perf_counter() - started, note))
         bar.update()
+    if "f16" in quants:
+        os.replace(f16, finals["f16"])  # same disk: atomic
+        result.artifacts.append(Artifact(finals["f16"], "f16", result.seconds["convert"]))
+    result.artifacts.sort(key=lambda a: quants.index(a.kind))
 
-        for quant in quants:
-            if quant == "f16":
-                continue
-            t = time.perf_counter()
-            log.info("quantizing to %s", quant)
-            bar.set_postfix_str(f"quantizing to {quant}")
-            with atomic_output(finals[quant]) as tmp:
-                fallbacks = quantize(f16, tmp, quant, verbose)
-                check_chat_metadata(tmp, template, eos_id)
-            note = f"{fallbacks} tensors kept another type: their width is not a multiple of 256" if fallbacks else ""
-            result.artifacts.append(Artifact(finals[quant], quant, time.perf_counter() - t, note))
-            bar.update()
-        if "f16" in quants:
-            os.replace(f16, finals["f16"])  # same disk: atomic
-            result.artifacts.append(Artifact(finals["f16"], "f16", convert_s))
-        result.artifacts.sort(key=lambda a: quants.index(a.kind))
 
-        if lora_gguf:
-            t = time.perf_counter()
-            log.info("converting the adapter alone to a LoRA GGUF")
-            bar.set_postfix_str("LoRA GGUF")
-            with atomic_output(output_dir / f"{name}-lora-f16.gguf") as tmp:
-                # --base: a local folder, so the converter never asks the Hub for the base's config.
-                conv.run(converter, "convert_lora_to_gguf.py",
-                         [str(adapter_dir), "--base", str(base_dir), "--outtype", "f16", "--outfile", str(tmp)],
-                         "converting the LoRA adapter to GGUF", verbose)
-            result.artifacts.append(Artifact(output_dir / f"{name}-lora-f16.gguf", "lora", time.perf_counter() - t,
-                                             f"apply to a GGUF of {base}"))
-            bar.update()
-    finally:
-        bar.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-    return result
+def lora_gguf_stage(result: Export, sources: Sources, output_dir: Path, verbose: bool, bar) -> None:
+    """The adapter alone as a LoRA GGUF, to load beside a GGUF of its base."""
+    started = time.perf_counter()
+    log.info("converting the adapter alone to a LoRA GGUF")
+    bar.set_postfix_str("LoRA GGUF")
+    final = output_dir / f"{result.name}-lora-f16.gguf"
+    with atomic_output(final) as tmp:
+        # --base: a local folder, so the converter never asks the Hub for the base's config.
+        conv.run(sources.converter, "convert_lora_to_gguf.py",
+                 [str(sources.adapter_dir), "--base", str(sources.base_dir), "--outtype", "f16", "--outfile", str(tmp)],
+                 "converting the LoRA adapter to GGUF", verbose)
+    result.artifacts.append(Artifact(final, "lora", time.perf_counter() - started, f"apply to a GGUF of {result.base}"))
+    bar.update()
 
 
 def summary(result: Export) -> str:

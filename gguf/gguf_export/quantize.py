@@ -66,7 +66,7 @@ def inspect_gguf(path: Path) -> dict[str, str]:
     metadata; ExportError when the file is not a whole GGUF."""
     from llama_cpp import Llama
 
-    from chat_runtime.engines.llamacpp_engine import check_gguf_header
+    from chat_runtime.gguf_files import check_gguf_header
 
     try:
         check_gguf_header(str(path))

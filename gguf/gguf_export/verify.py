@@ -199,11 +199,11 @@ def gguf_hop(name: str, gguf: Path, messages: list[list[Message]], reference_ids
     """Greedy replies of a GGUF through the runtime's llama.cpp engine (its template, its tokenizer)."""
     import llama_cpp
 
-    from chat_runtime.engines.llamacpp_engine import LlamaCppEngine
+    from chat_runtime.engines import load_engine
     from chat_runtime.spec import ModelSpec
 
     started = time.perf_counter()
-    engine = LlamaCppEngine(ModelSpec(engine="llamacpp", gguf=str(gguf)))
+    engine = load_engine(ModelSpec(engine="llamacpp", gguf=str(gguf)))
     vocab = llama_cpp.llama_model_get_vocab(engine.llm.model)
     prompts = [engine.encode_chat(m) for m in messages]
     replies, ended, texts = [], [], []

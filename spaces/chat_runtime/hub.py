@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from huggingface_hub import get_token
+from .errors import UserError
 
 
-def token_or_exit() -> str:
-    """The Hub token from HF_TOKEN or `hf auth login`; exits with how to get one. Never printed."""
+def hub_token() -> str:
+    """The Hub token from HF_TOKEN or `hf auth login`; a UserError says how to get one. Never printed."""
     token = get_token()
     if not token:
-        raise SystemExit("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then try again.")
+        raise UserError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then try again.")
     return token
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from chat_runtime.hub import describe_error, token_or_exit
+from chat_runtime.hub import describe_error, hub_token
+from chat_runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str], private: bool,
            secrets: dict[str, str] | None = None) -> str:
     """Upload `bundle` to the Space `space_id` and configure it; return the Space's URL."""
-    token = token_or_exit()
+    token = hub_token()
     api = HfApi(token=token)
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
@@ -31,7 +32,7 @@ def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str]
         reason = describe_error(err, token)
         for value in (secrets or {}).values():
             reason = reason.replace(value, "***")
-        raise SystemExit(
+        raise UserError(
             f"Deploying to {space_id} failed: {reason}. "
             "Check your network, that the token can write to this namespace, and the hardware name. "
             "The bundle is complete; deploy again to retry."

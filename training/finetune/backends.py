@@ -8,10 +8,11 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 
-from chat_runtime.engines.transformers_engine import bnb_config, pick_dtype_name
+from chat_runtime.precision import bnb_config, pick_dtype_name
 from chat_runtime.spec import require_safetensors
 
 from .config import DTYPES, LoraArgs, ModelArgs
+from chat_runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,11 @@ def detect_device(precision: str = "auto") -> Device:
         cap = torch.cuda.get_device_capability()
         name = f"{torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})"
         if precision == "bf16" and cap < (8, 0):
-            raise SystemExit(f"{name} has no bf16 (it needs compute capability 8.0+): use --precision auto or fp16")
+            raise UserError(f"{name} has no bf16 (it needs compute capability 8.0+): use --precision auto or fp16")
         dtype = pick_dtype_name("cuda", cap) if precision == "auto" else DTYPES[precision]
         return Device("cuda", dtype, name)
     if precision == "fp16":
-        raise SystemExit("fp16 training needs a CUDA GPU; on a CPU use --precision auto, bf16 or fp32")
+        raise UserError("fp16 training needs a CUDA GPU; on a CPU use --precision auto, bf16 or fp32")
     bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
     return Device("cpu", "float32", "CPU, bf16 mixed precision" if bf16 else "CPU, fp32", "bfloat16" if bf16 else "")
 
@@ -60,9 +61,9 @@ def detect_device(precision: str = "auto") -> Device:
 def pick_backend(requested: str, device: Device, processes: int = 1) -> str:
     """`auto` -> unsloth when CUDA and unsloth are available (and one process runs), else peft."""
     if requested == "unsloth" and device.kind != "cuda":
-        raise SystemExit("backend unsloth needs a CUDA GPU; use --backend peft (or auto) on this machine")
+        raise UserError("backend unsloth needs a CUDA GPU; use --backend peft (or auto) on this machine")
     if requested == "unsloth" and importlib.util.find_spec("unsloth") is None:
-        raise SystemExit("backend unsloth is not installed: pip install -r requirements-gpu.txt, or use --backend peft")
+        raise UserError("backend unsloth is not installed: pip install -r requirements-gpu.txt, or use --backend peft")
     if requested != "auto":
         return requested
     single = processes == 1  # several processes: peft, the backend every strategy supports
@@ -101,7 +102,7 @@ def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device,
     try:
         require_safetensors(model_path, "the model")
     except ValueError as err:
-        raise SystemExit(str(err)) from None
+        raise UserError(str(err)) from None
     kwargs = dict(dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=margs.trust_remote_code)
     if four_bit:
         kwargs.update(qlora_placement(device.dtype, shards_params, local_rank))

@@ -5,9 +5,10 @@ them and the command line overrides the YAML (TrlParser). Unknown keys fail at s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from chat_runtime.errors import UserError
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-BACKENDS = ("auto", "unsloth", "peft")
+BACKEND_NAMES = ("auto", "unsloth", "peft")
 # --precision names -> torch dtype names; "auto" picks from the device (finetune.backends.detect_device).
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PRECISIONS = ("auto", *DTYPES)
@@ -96,8 +97,8 @@ ARG_CLASSES = (ModelArgs, LoraArgs, DataArgs, TrainArgs, OutputArgs)
 def check(model: ModelArgs, lora: LoraArgs, data: DataArgs, train: TrainArgs, out: OutputArgs) -> None:
     """Refuse impossible combinations at start, saying what to change."""
     problems = []
-    if model.backend not in BACKENDS:
-        problems.append(f"backend {model.backend!r} is not one of {', '.join(BACKENDS)}")
+    if model.backend not in BACKEND_NAMES:
+        problems.append(f"backend {model.backend!r} is not one of {', '.join(BACKEND_NAMES)}")
     if model.precision not in PRECISIONS:
         problems.append(f"precision {model.precision!r} is not one of {', '.join(PRECISIONS)}")
     if not 0 <= data.eval_fraction < 1:
@@ -111,7 +112,7 @@ def check(model: ModelArgs, lora: LoraArgs, data: DataArgs, train: TrainArgs, ou
     if any(m in ("embed_tokens", "lm_head") for m in lora.lora_target_modules):
         problems.append("LoRA on embed_tokens/lm_head cannot be exported as a LoRA GGUF; drop them from lora_target_modules")
     if problems:
-        raise SystemExit("The recipe cannot run:\n  - " + "\n  - ".join(problems))
+        raise UserError("The recipe cannot run:\n  - " + "\n  - ".join(problems))
 
 
 def as_dict(*args) -> dict:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from chat_runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class Dist:
         try:
             PartialState(cpu=self.cpu).wait_for_everyone()
         except Exception as err:  # gloo / nccl: the peer closed the connection
-            raise SystemExit(f"process {self.rank}: another process stopped ({type(err).__name__})") from None
+            raise UserError(f"process {self.rank}: another process stopped ({type(err).__name__})") from None
 
 
 def setup(cpu: bool) -> Dist:
@@ -152,9 +153,9 @@ def check(dist: Dist, backend: str, load_in_4bit: bool) -> None:
     """Refuse combinations the libraries do not support, saying what to use instead."""
     strategy = STRATEGIES[dist.strategy]
     if load_in_4bit and not strategy.qlora:
-        raise SystemExit(f"QLoRA (load_in_4bit) does not work with {dist.strategy}: {strategy.why_not}.")
+        raise UserError(f"QLoRA (load_in_4bit) does not work with {dist.strategy}: {strategy.why_not}.")
     if dist.processes > 1 and backend in SINGLE_PROCESS_BACKENDS:
-        raise SystemExit(f"backend {backend} runs in one process; with {dist.processes} processes use --backend peft "
+        raise UserError(f"backend {backend} runs in one process; with {dist.processes} processes use --backend peft "
                          "(or auto, which picks peft)")
 
 

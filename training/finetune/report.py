@@ -13,9 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
+from chat_runtime.errors import UserError
 from chat_runtime.templating import render
+
+from .run import save_recipe
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def save_artifact(run_dir: Path, model, tokenizer, recipe: dict, metrics: dict, 
         if fidelity_json:
             (tmp / "fidelity.json").write_text(json.dumps(fidelity_json, indent=1, ensure_ascii=False))
             metrics["fidelity"] = fidelity_json["summary"]
-        (tmp / "finch_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+        save_recipe(tmp, recipe)  # the same file, by the same name, as in the run folder
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False))
         plot_losses(log_history, tmp / "loss.png")
@@ -195,14 +196,14 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
     """Upload the adapter folder; on failure the local run stays whole and the message says why."""
     from huggingface_hub import HfApi
 
-    from chat_runtime.hub import describe_error, token_or_exit
+    from chat_runtime.hub import describe_error, hub_token
 
-    token = token_or_exit()
+    token = hub_token()
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload Finch LoRA adapter")
     except Exception as err:
-        raise SystemExit(f"Push to {repo_id} failed ({describe_error(err, token)}). The run is complete at {folder}; "
+        raise UserError(f"Push to {repo_id} failed ({describe_error(err, token)}). The run is complete at {folder}; "
                          f"run the same command again to push it (nothing is retrained)") from None
     return f"https://huggingface.co/{repo_id}"

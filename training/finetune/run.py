@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from chat_runtime.errors import UserError
+
 RECIPE_FILE = "recipe.yaml"
 
 
@@ -21,7 +23,7 @@ def ensure_writable(run_dir: Path) -> None:
         probe.write_bytes(b"x" * 4096)
         probe.unlink()
     except OSError as err:
-        raise SystemExit(f"Cannot write to the output folder {run_dir} ({err.strerror or err}). "
+        raise UserError(f"Cannot write to the output folder {run_dir} ({err.strerror or err}). "
                          "Choose another --output_dir or fix its permissions.") from None
 
 
@@ -30,7 +32,7 @@ def ensure_space(run_dir: Path, trainable_params: int, checkpoints_kept: int) ->
     need = trainable_params * 4 * (1 + 3 * (checkpoints_kept + 1)) + 64 * 2**20
     free = shutil.disk_usage(run_dir).free
     if free < need:
-        raise SystemExit(f"Not enough disk for this run in {run_dir}: about {need / 2**20:.0f} MiB needed "
+        raise UserError(f"Not enough disk for this run in {run_dir}: about {need / 2**20:.0f} MiB needed "
                          f"(adapter + {checkpoints_kept} checkpoints), {free / 2**20:.0f} MiB free. "
                          "Free some space, lower save_total_limit, or choose another --output_dir.")
 

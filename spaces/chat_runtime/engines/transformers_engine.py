@@ -13,30 +13,11 @@ from collections.abc import Iterator, Sequence
 
 from .. import limits
 from ..params import GenerationParams
+from ..precision import bnb_config, pick_dtype_name
 from ..spec import ModelSpec, require_safetensors
 from ..templating import Message, encode, segments
 
 log = logging.getLogger(__name__)
-
-
-def pick_dtype_name(device: str, capability: tuple[int, int] | None) -> str:
-    """torch dtype name for a device: float32 on CPU, bfloat16 on Ampere+, float16 on older GPUs."""
-    if device == "cpu":
-        return "float32"
-    return "bfloat16" if capability and capability >= (8, 0) else "float16"
-
-
-def bnb_config(compute_dtype_name: str):
-    """4-bit NF4 quantization settings with double quantization (QLoRA's recipe)."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=getattr(torch, compute_dtype_name),
-    )
 
 
 class TransformersEngine:
