@@ -306,8 +306,8 @@ def _why_trl_cannot_train() -> str | None:
     except ImportError as err:
         import trl
 
-        return (f"trl {trl.__version__} trains only through its Triton kernels and Triton is not installed "
-                f"({err}); a CUDA machine runs it (scripts/gpu_check.sh)")
+        return (f"trl {trl.__version__}'s SFTTrainer computes its loss only with Triton kernels, and Triton "
+                f"(CUDA only) is not installed ({err}): this runs on a CUDA machine (scripts/gpu_check.sh trains there)")
     return None
 
 
@@ -315,7 +315,7 @@ def _why_no_cuda() -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return "needs a CUDA GPU, and this machine has none; scripts/gpu_check.sh runs it on one"
+        return "needs a CUDA GPU, and torch sees none here (scripts/gpu_check.sh measures this path on one)"
     return None
 
 
