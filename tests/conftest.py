@@ -299,8 +299,9 @@ def launch_app():
 
 
 def _why_trl_cannot_train() -> str | None:
-    """trl 1.15's SFTTrainer takes the log-probs of its fused LM head from Triton kernels (trl.kernels,
-    imported unguarded there); trl 1.16 falls back to PyTorch. So trl trains here iff trl.kernels imports."""
+    """trl 1.15's SFTTrainer always takes its fused LM head, whose log-probs come from trl.kernels (Triton):
+    without Triton that import fails and the first step dies ('NoneType' object has no attribute 'apply').
+    trl 1.16's kernels fall back to PyTorch. So trl trains here exactly when trl.kernels imports."""
     try:
         import trl.kernels  # noqa: F401
     except ImportError as err:
