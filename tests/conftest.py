@@ -306,3 +306,58 @@ def launch_app():
         return proc, port
 
     return launch
+
+
+# --- What this environment can run: the CPU set (.venv) or the GPU set less CUDA (.venv-gpu-set) ----
+# Tests marked `trains` or `cuda` are skipped, each with its reason, where the installed packages or
+# the machine cannot run them; the reason comes from probing what is installed, not from a list.
+
+
+def _why_trl_cannot_train() -> str | None:
+    """trl 1.15's SFTTrainer always takes its fused LM head, whose log-probs come from trl.kernels (Triton):
+    without Triton that import fails and the first step dies ('NoneType' object has no attribute 'apply').
+    trl 1.16's kernels fall back to PyTorch. So trl trains here exactly when trl.kernels imports."""
+    try:
+        import trl.kernels  # noqa: F401
+    except ImportError as err:
+        import trl
+
+        return (f"trl {trl.__version__}'s SFTTrainer computes its loss only with Triton kernels, and Triton "
+                f"(CUDA only) is not installed ({err}): this runs on a CUDA machine (scripts/gpu_check.sh trains there)")
+    return None
+
+
+def _why_no_cuda() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU, and torch sees none here (scripts/gpu_check.sh measures this path on one)"
+    return None
+
+
+CAPABILITY_PROBES = {"cuda": _why_no_cuda, "trains": _why_trl_cannot_train}  # the first reason found is shown
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected: probe only for the tests that will run
+def pytest_collection_modifyitems(config, items):
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for marker, probe in CAPABILITY_PROBES.items():
+            if item.get_closest_marker(marker):
+                if marker not in reasons:
+                    reasons[marker] = probe()
+                if reasons[marker]:
+                    item.add_marker(pytest.mark.skip(reason=reasons[marker]))
+
+
+def pytest_report_header(config):
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} (not installed)"
+
+    names = ("torch", "transformers", "trl", "peft", "datasets", "huggingface_hub", "triton", "unsloth", "gradio")
+    return "finch stack: " + ", ".join(installed(n) for n in names)

@@ -15,6 +15,8 @@ import yaml
 from finetune import distributed
 from finetune.backends import qlora_placement
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "accelerate_configs"
 CPU_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"
@@ -120,6 +122,7 @@ def loss_lines(output):
 
 
 @pytest.mark.e2e
+@pytest.mark.trains
 @pytest.mark.timeout(1500)
 def test_two_cpu_processes_train_one_adapter_log_once_and_resume(tmp_path):
     from peft import AutoPeftModelForCausalLM

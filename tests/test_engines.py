@@ -10,6 +10,8 @@ from transformers import AutoTokenizer
 
 from chat_runtime import GenerationParams
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is 2 + 2?"},

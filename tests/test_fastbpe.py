@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 
 from finetune import fastbpe, masking
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 # Characters from the scripts, digits, spaces and symbols byte-level tokenizers treat differently.
 ALPHABET = ("abcXYZ ಕನ್ನಡ ಮಾತು हिन्दी 中文字 ́é ß 0123456789 \n\n\t\r '’\".,;:!?-_*#@<>/\\()[]{} 😀👍🏽 \u200b\u00a0"
             "<|eot_id|> <|start_header_id|> 's 'LL 're ")

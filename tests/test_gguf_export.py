@@ -23,6 +23,8 @@ from gguf_export.pipeline import run_export
 from gguf_export.quantize import inspect_gguf
 from gguf_export.quants import parse_quants
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 QUANTS = ["q8_0", "q4_k_m", "f16"]
 # Share of the 8 prompts whose first 32 greedy tokens must equal the fine-tuned transformers
 # model's (base + adapter, fp32, unmerged). Measured here: f16 8/8, q8_0 5/8, q4_k_m 2-3/8. Where q8_0

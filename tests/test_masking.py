@@ -7,6 +7,8 @@ from transformers import AutoTokenizer
 
 from finetune import masking
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 CONVERSATION = [
     {"role": "system", "content": "You are brief."},
     {"role": "user", "content": "What is 2 + 2?"},

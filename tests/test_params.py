@@ -4,6 +4,8 @@ import pytest
 
 from chat_runtime import DEFAULTS, RANGES, GenerationParams, validate
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 
 def test_defaults_are_inside_their_ranges():
     for name, (low, high) in RANGES.items():

@@ -5,6 +5,8 @@ import pytest
 from chat_runtime import ModelSpec, from_env
 from chat_runtime.spec import base_of_adapter
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 
 def test_nothing_set_means_the_embedded_gguf_on_llamacpp(monkeypatch, embedded_gguf):
     for name in ("FINCH_ENGINE", "FINCH_MODEL", "FINCH_ADAPTER", "FINCH_GGUF", "FINCH_LOAD_IN_4BIT"):

@@ -2,6 +2,8 @@ import pytest
 
 from chat_runtime.templating import normalize_history, trim_to_budget
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 
 def test_gradio_content_blocks_become_text_and_split_turns_merge():
     history = [

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # real training runs on 2 cores
+# Real training runs on 2 cores. The tests that train are marked `trains`; the rest (options, recipes,
+# the checks before training) also run on requirements-gpu.txt's versions.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500), pytest.mark.gpu_set]
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"
@@ -36,6 +38,7 @@ def trained_run(tmp_path_factory):
     return run_dir, proc
 
 
+@pytest.mark.trains
 def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
     run_dir, proc = trained_run
     adapter = run_dir / "adapter"
@@ -57,6 +60,7 @@ def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
     assert "Finch training run complete" in proc.stdout and "tokens/s" in proc.stdout
 
 
+@pytest.mark.trains
 def test_the_fine_tune_visibly_changes_the_replies(trained_run):
     samples = json.loads((trained_run[0] / "adapter" / "samples.json").read_text())
     tuned = [s["fine_tuned"].startswith("Finch here") for s in samples]
@@ -64,6 +68,7 @@ def test_the_fine_tune_visibly_changes_the_replies(trained_run):
     assert not any(s["base"].startswith("Finch here") for s in samples)
 
 
+@pytest.mark.trains
 def test_the_model_card_tells_how_to_use_the_adapter(trained_run):
     card = (trained_run[0] / "adapter" / "README.md").read_text()
     for text in ("library_name: peft", "SmolLM2-135M-Instruct", "| lora_r | 16 |", "fine-tuned eval loss",
@@ -71,6 +76,7 @@ def test_the_model_card_tells_how_to_use_the_adapter(trained_run):
         assert text in card, text
 
 
+@pytest.mark.trains
 def test_the_adapter_loads_with_peft_and_through_the_chatbot_runtime(trained_run):
     from peft import AutoPeftModelForCausalLM
 
@@ -88,6 +94,7 @@ def test_the_adapter_loads_with_peft_and_through_the_chatbot_runtime(trained_run
     assert len(ids) < 40  # it stopped on its own (EOS), well before the cap
 
 
+@pytest.mark.trains
 def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
     """The bar for export fidelity on the CPU recipe: the run's own fidelity check (gguf/verify.py), in its card."""
     run_dir, proc = trained_run
@@ -183,6 +190,7 @@ def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp
     assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.trains
 def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, meta_llama3, shaped_model):
     """A tiny random Llama with Llama 3's real tokenizer: data goes through tiktoken (fastbpe), and
     the steps that follow are real."""
@@ -203,6 +211,23 @@ def test_an_unwritable_output_folder_fails_before_training(tmp_path):
     assert "Converting" not in proc.stderr
 
 
+
+@pytest.mark.cuda
+@pytest.mark.trains
+@pytest.mark.parametrize("backend", ["unsloth", "peft"])
+def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, shaped_model, backend):
+    """The GPU recipe's 4-bit base and 8-bit AdamW, a few real steps on a tiny random Llama."""
+    if backend == "unsloth":
+        pytest.importorskip("unsloth", reason="Unsloth is not installed: pip install -r requirements-gpu.txt")
+    model = shaped_model.build("tiny", tmp_path / "tiny", None)
+    proc = train(*QUICK, "--model", str(model), "--backend", backend, "--load_in_4bit", "true", "--optim", "adamw_8bit",
+                 "--gradient_checkpointing", "true", "--max_steps", "4", "--output_dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "adapter" / "metrics.json").read_text())
+    assert metrics["backend"] == backend and metrics["global_step"] == 4 and 0 < metrics["final_train_loss"] < 20
+    assert metrics["peak_memory_mb"] > 0 and "sm_" in metrics["device"]
+
+@pytest.mark.trains
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     proc = train(*QUICK, "--learning_rate", "1e30", "--save_steps", "1", "--output_dir", str(run_dir))
@@ -214,6 +239,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (run_dir / "adapter").exists()
 
 
+@pytest.mark.trains
 def test_early_stopping_ends_a_run_whose_eval_loss_stops_improving(tmp_path):
     # learning rate 0: the eval loss never improves, so patience 1 ends the run at the second eval.
     run_dir = tmp_path / "run"
@@ -232,6 +258,7 @@ def _losses(run_dir):
     return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
 
 
+@pytest.mark.trains
 def test_a_run_killed_with_sigkill_resumes_to_the_same_final_step_and_losses(tmp_path):
     reference = tmp_path / "reference"
     assert train(*QUICK, "--output_dir", str(reference), "--save_steps", "12").returncode == 0
@@ -256,6 +283,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_final_step_and_losses(tmp
         assert abs(got[step] - expected[step]) < 1e-4, (step, got[step], expected[step])
 
 
+@pytest.mark.trains
 def test_push_without_network_fails_clearly_keeps_the_run_and_never_shows_the_token(trained_run, tmp_path):
     run_dir = trained_run[0]
     token = "hf_" + "PlantedTestToken" * 2

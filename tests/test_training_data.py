@@ -7,6 +7,8 @@ import pytest
 
 from finetune import data
 
+pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
