@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .. import limits
+from .. import families, limits
 from ..params import GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message, encode, render, segments
@@ -75,6 +75,7 @@ class LlamaCppEngine:
             "eos_token": self._token_text(self.llm.token_eos()),
         }
         self.special_texts = self._control_texts()
+        self.system_role = families.system_role(self.template)
         self._lock = threading.Lock()
         self.label = f"{spec.label} · llama.cpp · CPU"
         # Refuse a template-less GGUF now rather than at the first message.
