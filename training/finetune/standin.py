@@ -57,6 +57,7 @@ SOURCES = {
                       added=("<|im_start|>", "<|im_end|>", "<|finetune_right_pad_id|>"), ignore_merges=True),
 }
 FAMILY_NAMES = tuple(SOURCES)
+SENTENCEPIECE = ("llama-spm", "phi-3")  # vocabularies llama.cpp's converter reads as tokenizer.model
 
 
 class StandinError(RuntimeError):
@@ -113,6 +114,38 @@ def _vocab_tokenizer(vocab: str, ignore_merges: bool) -> Path:
     return folder
 
 
+def _write_sentencepiece(vocab: str, folder: Path) -> None:
+    """tokenizer.model for a SentencePiece vocabulary, from the GGUF's own pieces, scores and types
+    (llama.cpp's converter reads SentencePiece models from that file, never from tokenizer.json)."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        extract([f"ggml-vocab-{vocab}.gguf"], Path(tmp))
+        reader = gguf.GGUFReader(Path(tmp) / f"ggml-vocab-{vocab}.gguf")
+        field_of = lambda name: reader.fields[name]  # noqa: E731
+        tokens = [bytes(field_of("tokenizer.ggml.tokens").parts[i]).decode("utf-8")
+                  for i in field_of("tokenizer.ggml.tokens").data]
+        scores = [float(field_of("tokenizer.ggml.scores").parts[i][0]) for i in field_of("tokenizer.ggml.scores").data]
+        types = [int(field_of("tokenizer.ggml.token_type").parts[i][0]) for i in field_of("tokenizer.ggml.token_type").data]
+    # The SentencePiece model proper ends where the added control tokens begin (Phi-3's <|endoftext|>,
+    # <|assistant|>, ...): those come from the tokenizer's own added tokens.
+    size = next((i for i in range(259, len(types)) if types[i] != 1), len(types))
+    model = spm.ModelProto()
+    for token, score, kind in zip(tokens[:size], scores, types):  # GGUF token types number as SentencePiece's do
+        model.pieces.add(piece=token, score=score, type=kind)
+    model.trainer_spec.model_type = spm.TrainerSpec.BPE
+    model.trainer_spec.vocab_size = size
+    model.trainer_spec.byte_fallback = any(kind == 6 for kind in types)
+    model.trainer_spec.unk_id, model.trainer_spec.bos_id, model.trainer_spec.eos_id = 0, 1, 2
+    model.trainer_spec.pad_id = -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = True
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    (folder / "tokenizer.model").write_bytes(model.SerializeToString())
+
+
 def tokenizer(family: str):
     """The family's stand-in tokenizer: real vocabulary, real chat template, the real model's specials."""
     from transformers import AutoTokenizer
@@ -158,4 +191,6 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids(BY_NAME[family].end_of_turn)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    if SOURCES[family].vocab in SENTENCEPIECE:
+        _write_sentencepiece(SOURCES[family].vocab, out)
     return out
