@@ -158,3 +158,27 @@ def test_each_family_has_a_recipe_that_parses_headed_by_its_command(repo_root, f
     assert set(lora.lora_target_modules) == set(family.lora_target_modules)
     if family.name != "smollm2":
         assert margs.model.split("/")[0] in ("Qwen", "google", "microsoft", "mistralai", "HuggingFaceTB", "meta-llama")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", standin.FAMILY_NAMES)
+def test_each_family_trains_exports_and_serves_with_the_ids_it_was_trained_on(repo_root, tmp_path, name):
+    """scripts/family_check.py as a user runs it: a tiny stand-in of the family trained for two real
+    steps by train.py, exported to f16 + Q8_0 by llama.cpp's converter, decoded by llama.cpp; the
+    prompts of both engines and of llama.cpp's own template rendering equal the training ids."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / name
+    proc = subprocess.run([sys.executable, str(repo_root / "scripts" / "family_check.py"), name, str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert (out / "report.json").is_file(), proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    failed = [c for c in report["checks"] if not c["passed"]]
+    assert not failed and proc.returncode == 0, (failed, proc.stdout[-500:])
+    names = {c["name"] for c in report["checks"]}
+    assert {"trained", "exported", "gguf_stops_on_end_of_turn", "transformers_prompt_equals_training",
+            "llamacpp_prompt_equals_training", "llamacpp_own_template_rendering_equals_training"} <= names
+    assert report["family"] == name and report["messages"][0]["role"] == "system" and report["train_ids"]
+    assert report["gguf"].endswith("-q8_0.gguf")

@@ -90,7 +90,7 @@ def extract(names: list[str], dest: Path) -> None:
 
 def _vocab_tokenizer(vocab: str, ignore_merges: bool) -> Path:
     """A tokenizer folder read once from ggml-vocab-<vocab>.gguf (slow: tens of seconds) and cached."""
-    folder = embedded.cache_dir() / "standin" / f"vocab-{vocab}"
+    folder = embedded.cache_dir() / "standin" / f"{sdist().name.removesuffix('.tar.gz')}-{vocab}"
     if (folder / "tokenizer_config.json").is_file():
         return folder
     from transformers import AutoTokenizer
@@ -146,6 +146,13 @@ def _write_sentencepiece(vocab: str, folder: Path) -> None:
     (folder / "tokenizer.model").write_bytes(model.SerializeToString())
 
 
+def warm() -> None:
+    """Read every stand-in vocabulary into the cache now (setup does, so tests start fast)."""
+    for source in SOURCES.values():
+        if source.vocab:
+            _vocab_tokenizer(source.vocab, source.ignore_merges)
+
+
 def tokenizer(family: str):
     """The family's stand-in tokenizer: real vocabulary, real chat template, the real model's specials."""
     from transformers import AutoTokenizer
@@ -169,7 +176,6 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             head_dim=32, max_position_embeddings=2048)
 ARCH_EXTRA = {
     "gemma2": dict(query_pre_attn_scalar=32, sliding_window=512),
-    "phi3.5": dict(pad_token_id=None),
 }
 
 
