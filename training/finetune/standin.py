@@ -101,11 +101,18 @@ def _vocab_tokenizer(vocab: str, ignore_merges: bool) -> Path:
         log.info("reading the %s tokenizer from llama.cpp's test vocabulary (once)", vocab)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=f"ggml-vocab-{vocab}.gguf")
         tokenizer.save_pretrained(Path(tmp) / "out")
+        spec_file = Path(tmp) / "out" / "tokenizer.json"
+        spec = json.loads(spec_file.read_text())
         if ignore_merges:  # a word in the vocabulary is taken whole, as Meta's tokenizer.json says
-            spec_file = Path(tmp) / "out" / "tokenizer.json"
-            spec = json.loads(spec_file.read_text())
             spec["model"]["ignore_merges"] = True
-            spec_file.write_text(json.dumps(spec, ensure_ascii=False))
+        if _legacy_prepend(spec):
+            # transformers reads this SentencePiece vocabulary with the legacy normalizer, which puts a
+            # "▁" after every control token; llama.cpp (and SentencePiece itself) add it only at the start
+            # of the text, as transformers' non-legacy Metaspace("first") does: use that.
+            spec["normalizer"] = None
+            spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first",
+                                     "split": False}
+        spec_file.write_text(json.dumps(spec, ensure_ascii=False))
         try:
             os.replace(Path(tmp) / "out", folder)
         except OSError:
@@ -151,6 +158,11 @@ def warm() -> None:
     for source in SOURCES.values():
         if source.vocab:
             _vocab_tokenizer(source.vocab, source.ignore_merges)
+
+
+def _legacy_prepend(spec: dict) -> bool:
+    normalizers = (spec.get("normalizer") or {}).get("normalizers") or []
+    return any(n.get("type") == "Prepend" for n in normalizers)
 
 
 def tokenizer(family: str):
