@@ -182,3 +182,18 @@ def test_each_family_trains_exports_and_serves_with_the_ids_it_was_trained_on(re
             "llamacpp_prompt_equals_training", "llamacpp_own_template_rendering_equals_training"} <= names
     assert report["family"] == name and report["messages"][0]["role"] == "system" and report["train_ids"]
     assert report["gguf"].endswith("-q8_0.gguf")
+
+
+def test_the_merged_folder_tells_llamacpps_converter_which_tokens_are_control_tokens(tokenizers, tmp_path):
+    """transformers 5 keeps added tokens in tokenizer.json only; llama.cpp's SentencePiece converter
+    reads them from tokenizer_config.json, else `<end_of_turn>` becomes text and the GGUF never stops."""
+    import json
+
+    from gguf_export.merge import _write_added_tokens_decoder
+
+    tok = tokenizers("gemma2")
+    tok.save_pretrained(tmp_path)
+    _write_added_tokens_decoder(tok, tmp_path)
+    decoder = json.loads((tmp_path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    eot = str(tok.convert_tokens_to_ids("<end_of_turn>"))
+    assert decoder[eot]["content"] == "<end_of_turn>" and decoder[eot]["special"]
