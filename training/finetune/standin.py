@@ -35,7 +35,7 @@ class Source:
     special: dict = field(default_factory=dict)  # bos/eos/pad tokens as the real model's config sets them
     added: tuple[str, ...] = ()  # control tokens the real vocabulary has and the test vocabulary lacks
     ignore_merges: bool = False  # Llama 3's tokenizer.json setting, which a GGUF does not record
-    config: dict = field(default_factory=dict)  # architecture settings beyond the tiny shape
+    dummy_prefix: bool = True  # SentencePiece's "▁" before the text (Gemma's tokenizer has none)
 
 
 SOURCES = {
@@ -48,7 +48,7 @@ SOURCES = {
                     added=("<|im_start|>",)),
     "gemma2": Source("llama-spm", "google-gemma-2-2b-it",
                      {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
-                     added=("<pad>", "<start_of_turn>", "<end_of_turn>")),
+                     added=("<pad>", "<start_of_turn>", "<end_of_turn>"), dummy_prefix=False),
     "phi3.5": Source("phi-3", "microsoft-Phi-3.5-mini-instruct", {"eos_token": "<|endoftext|>"}),
     "mistral": Source("llama-spm", "mistralai-Mistral-Nemo-Instruct-2407", {"bos_token": "<s>", "eos_token": "</s>"},
                       added=("[INST]", "[/INST]")),
@@ -176,6 +176,11 @@ def tokenizer(family: str):
     new = [t for t in source.added if t not in tok.get_vocab()]
     if new:
         tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    if not source.dummy_prefix:  # as llama.cpp's Gemma vocabulary and Gemma's own tokenizer do
+        from tokenizers import pre_tokenizers
+
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never",
+                                                                       split=False)
     for key, value in source.special.items():
         setattr(tok, key, value)
     with tempfile.TemporaryDirectory() as tmp:
