@@ -88,7 +88,7 @@ with gr.Blocks(title="Finch chatbot", fill_height=True) as demo:
                                    stop_btn=True, autofocus=True, scale=7, render=False),
                         lambda payload: "" if payload is None else str(payload)),
         additional_inputs=[
-            gr.Textbox(SYSTEM_PROMPT, label="System prompt", lines=2, render=False),
+            gr.Textbox(SYSTEM_PROMPT, label="System prompt", lines=2, info=service.system_note, render=False),
             _slider("temperature", "Temperature", 0.05, "0 = deterministic; higher = more varied"),
             _slider("top_p", "Top-p", 0.05, "sample from the smallest set of tokens with this much probability"),
             _slider("max_new_tokens", "Max new tokens", 1, "longest reply, in tokens"),

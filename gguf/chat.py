@@ -50,6 +50,8 @@ def main(args: ChatArgs) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise UserError(str(err)) from None
     print(f"Finch chat · {service.engine.label}")
+    if args.system_prompt:
+        print(service.system_note)
     try:
         import readline  # noqa: F401  line editing and history for input(), where the platform has it
     except ImportError:

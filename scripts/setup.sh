@@ -82,4 +82,6 @@ fi
 
 # Convert the embedded GGUF to a plain HF folder once (transformers needs it; ~15 s).
 FINCH_CACHE="$CACHE" "$VPY" -c "from chat_runtime import embedded; embedded.hf_dir()"
+# The tests' family stand-ins read llama.cpp's test vocabularies once (~1 minute) into the cache.
+[ "$WITH_TESTS" = 1 ] && FINCH_CACHE="$CACHE" "$VPY" -c "from finetune import standin; standin.warm()"
 log "ready: $(cd "$VENV" && pwd)"

@@ -156,7 +156,8 @@ def _slider(name: str, label: str, step: float, info: str) -> gr.Slider:
 
 with gr.Blocks(title="Finch storymaker") as demo:
     state = gr.State(None)
-    gr.Markdown(f"## Finch storymaker\nName an adventure, then choose your path. Model: **{service.engine.label}**")
+    gr.Markdown(f"## Finch storymaker\nName an adventure, then choose your path. Model: **{service.engine.label}**. "
+                f"{service.system_note}")
     with gr.Row(equal_height=True):
         title_box = gr.Textbox(label="Title", placeholder="The Lighthouse at the End of the World", max_lines=1,
                                elem_id="story-title", scale=4)

@@ -102,6 +102,7 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     config = sft_config(targs, run_dir, device, optim, eval_ds is not None, margs.gradient_checkpointing, dist.processes)
     model, tokenizer = BACKENDS[backend](model_path, margs, lora, device, targs.seed,
                                          shards_params=dist.shards_params, local_rank=dist.local_rank)
+    masking.prepare_tokenizer(tokenizer)  # the adapter ships the template and pad it was trained with
     run.ensure_space(run_dir, sum(p.numel() for p in model.parameters() if p.requires_grad), targs.save_total_limit)
     trainer, guard = build_trainer(model, tokenizer, config, train_ds, eval_ds, targs.early_stopping_patience,
                                    run_dir / "logs")

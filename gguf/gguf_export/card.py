@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from chat_runtime.families import end_of_turn
 from chat_runtime.templating import render
 
 from .files import human_size
@@ -71,7 +72,8 @@ def modelfile(result: Export, gguf_name: str) -> str:
             lines.append(f'SYSTEM """{system}"""')
     else:
         lines.append("# No TEMPLATE: Ollama reads the chat template from the GGUF's metadata (tokenizer.chat_template).")
-    stops = dict.fromkeys([*(family.stop if family else ()), *([result.eos_token] if result.eos_token else [])])
+    stops = dict.fromkeys([*(family.stop if family else ()), *filter(None, [end_of_turn(result.chat_template),
+                                                                            result.eos_token])])
     lines += [f'PARAMETER stop "{s}"' for s in stops]
     return "\n".join(lines) + "\n"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 from chat_runtime.spec import base_of_adapter
@@ -131,6 +132,28 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype_name: 
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    _write_added_tokens_decoder(tokenizer, out_dir)
+    # llama.cpp's converter reads a SentencePiece vocabulary (Gemma, Phi-3) only from tokenizer.model,
+    # which a fast tokenizer cannot always write back: take the one the model came with.
+    for source in (adapter_dir, base_dir):
+        if (source / "tokenizer.model").is_file() and not (out_dir / "tokenizer.model").is_file():
+            shutil.copyfile(source / "tokenizer.model", out_dir / "tokenizer.model")
     if not tokenizer.chat_template:
         log.warning("%s has no chat template: the GGUF will carry none and chat apps will refuse it", out_dir.name)
     return out_dir
+
+
+def _write_added_tokens_decoder(tokenizer, folder: Path) -> None:
+    """Put the added tokens (control tokens such as Gemma's <end_of_turn>) into tokenizer_config.json
+    as transformers 4 did: transformers 5 keeps them in tokenizer.json only, and llama.cpp's converter
+    reads a SentencePiece model's added tokens from tokenizer_config.json, else they become text."""
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    if config.get("added_tokens_decoder"):
+        return
+    config["added_tokens_decoder"] = {
+        str(token_id): {"content": token.content, "lstrip": token.lstrip, "rstrip": token.rstrip,
+                        "normalized": token.normalized, "single_word": token.single_word, "special": token.special}
+        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
+    }
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False))

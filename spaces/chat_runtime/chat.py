@@ -12,6 +12,7 @@ from . import limits
 from .engines import Engine, load_engine
 from .params import GenerationParams
 from .spec import ModelSpec, from_env
+from .families import fold_system, system_note
 from .templating import Message, neutralize, normalize_history, trim_to_budget
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class ChatService:
     def from_spec(cls, spec: ModelSpec | None = None) -> "ChatService":
         """Load the model a spec (default: the FINCH_* environment) describes."""
         return cls(load_engine(spec or from_env()))
+
+    @property
+    def system_note(self) -> str:
+        """How a system prompt reaches this model, for the page."""
+        return system_note(self.engine.system_role)
 
     @property
     def active(self) -> int:
@@ -86,7 +92,9 @@ class ChatService:
         encoded = []  # the last prompt counted: token ids, or the server engine's ChatPrompt
 
         def count(candidate: list[Message]) -> int:
-            encoded[:] = [self.engine.encode_chat(candidate)]  # the last count is of the kept messages
+            # Trimming sees the system prompt as its own message (always kept); the model sees it as
+            # its family takes it.
+            encoded[:] = [self.engine.encode_chat(fold_system(candidate, self.engine.system_role))]  # the last count is of the kept messages
             return len(encoded[0])
 
         messages, dropped = trim_to_budget(messages, count, budget)

@@ -13,6 +13,8 @@ On a Space the spec comes from environment variables (set by the deploy command)
   FINCH_SERVER_URL    base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
   FINCH_SERVER_MODEL  the model name that server serves (its GET /v1/models lists it)
   FINCH_SERVER_API_KEY  optional bearer key for that server (a Space secret; never logged or shown)
+  FINCH_SYSTEM_ROLE   native | fold: how the server's model takes a system prompt (fold: at the start of
+                      the first user message, for Gemma 2 and Mistral); local engines read it from the template
 With none of them set, the embedded SmolLM2-135M-Instruct GGUF runs on llama.cpp.
 """
 
@@ -43,6 +45,7 @@ class ModelSpec:
     server_url: str | None = None
     server_model: str | None = None
     server_api_key: str | None = field(default=None, repr=False)  # a secret: kept out of repr and labels
+    system_role: str = "native"  # the server engine's; local engines read their template's (chat_runtime.families)
 
     def resolved(self) -> "ModelSpec":
         """Fill in the engine and the base model; raise ValueError for an impossible spec."""
@@ -79,6 +82,8 @@ class ModelSpec:
                 "Set either an inference server (FINCH_SERVER_URL) or a model to load here "
                 "(FINCH_MODEL/FINCH_ADAPTER/FINCH_GGUF/FINCH_LOAD_IN_4BIT), not both."
             )
+        if self.system_role not in ("native", "fold"):
+            raise ValueError(f"FINCH_SYSTEM_ROLE must be native or fold, got {self.system_role!r}")
         if not self.server_url:
             raise ValueError("the server engine needs FINCH_SERVER_URL, e.g. http://127.0.0.1:8000/v1")
         url = urlsplit(self.server_url)
@@ -120,6 +125,7 @@ def from_env() -> ModelSpec:
         server_url=get("FINCH_SERVER_URL"),
         server_model=get("FINCH_SERVER_MODEL"),
         server_api_key=get("FINCH_SERVER_API_KEY"),
+        system_role=get("FINCH_SYSTEM_ROLE") or "native",
     )
 
 

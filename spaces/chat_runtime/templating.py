@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from . import families
+
 ROLES = ("system", "user", "assistant")
 Message = dict[str, str]
 
@@ -58,10 +60,13 @@ def segments(
     Engines and the trainer tokenize segment by segment, so a reply's first token never merges
     with the generation prompt before it: the prompt ids a Space sends are exactly the ids the
     model was trained on, whatever the tokenizer. A reply runs from the end of the generation
-    prompt to the end of the EOS the template writes after it (whitespace after EOS is scaffolding).
+    prompt to the end of the end-of-turn token the template writes after it (the family's, see
+    `families`, else the EOS; whitespace after it is scaffolding). Where the template writes an
+    earlier turn's header differently from the generation prompt (Qwen3 drops the empty think block
+    from past replies), that reply starts at its own text: what the template adds is never trained.
     """
     special_tokens = special_tokens or {}
-    eos = special_tokens.get("eos_token") or ""
+    end_mark = families.end_of_turn(template) or special_tokens.get("eos_token") or ""
     full = render(template, messages, add_generation_prompt=add_generation_prompt, special_tokens=special_tokens)
     cuts: list[Segment] = []
     done = 0
@@ -69,21 +74,30 @@ def segments(
         if message["role"] != "assistant" or i == 0:
             continue
         before = render(template, messages[:i], add_generation_prompt=True, special_tokens=special_tokens)
-        last = i == len(messages) - 1 and not add_generation_prompt  # then `upto` is `full`: skip a render
-        upto = full if last else render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
-        if not (upto.startswith(before) and full.startswith(upto) and len(before) >= done):
-            raise ValueError(
-                "this chat template does not render turn by turn (a conversation's text is not a prefix of its "
-                "continuation), so replies cannot be located; use an instruct model's standard template"
-            )
-        end = len(upto)
-        eos_at = upto.find(eos, len(before)) if eos else -1
-        if eos_at != -1:
-            end = eos_at + len(eos)
-        cuts += [Segment(full[done:len(before)], False), Segment(full[len(before):end], True)]
+        start = len(before) if full.startswith(before) and len(before) >= done else _find_reply(full, message, done)
+        end = full.find(end_mark, start) + len(end_mark) if end_mark and end_mark in full[start:] else -1
+        if end == -1:  # no end-of-turn marker after the reply: it runs to where the next turn starts
+            upto = render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
+            if not full.startswith(upto):
+                raise ValueError(NOT_TURN_BY_TURN)
+            end = len(upto)
+        cuts += [Segment(full[done:start], False), Segment(full[start:end], True)]
         done = end
     cuts.append(Segment(full[done:], False))
     return [c for c in cuts if c.text]
+
+
+NOT_TURN_BY_TURN = ("this chat template does not render turn by turn (a conversation's text is not a prefix of its "
+                    "continuation), so replies cannot be located; use an instruct model's standard template")
+
+
+def _find_reply(full: str, message: Message, done: int) -> int:
+    """Where a reply's own text starts in the rendered conversation, after `done`."""
+    text = (message.get("content") or "").strip()
+    at = full.find(text, done) if text else -1
+    if at == -1:
+        raise ValueError(NOT_TURN_BY_TURN)
+    return at
 
 
 def encode(parts: Sequence[Segment], tokenize: Callable[[str], list[int]]) -> tuple[list[int], list[bool]]:

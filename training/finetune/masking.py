@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from datasets import Dataset
 
+from chat_runtime import families
 from chat_runtime.templating import segments
 from . import fastbpe
 
@@ -55,9 +56,22 @@ def encoder(tokenizer, sample: list[str] = ()) -> Callable[[list[str]], list[lis
     return fastbpe.exact_encoder(tokenizer, sample) or RustBatch(tokenizer)
 
 
+def prepare_tokenizer(tokenizer):
+    """The tokenizer as its family trains (and ships): the family's template prelude set, and a pad
+    token that is not the end-of-turn token, so padding can never stand in for the reply's end."""
+    if tokenizer.chat_template:
+        tokenizer.chat_template = families.training_template(tokenizer.chat_template)
+        pad = families.pad_token(tokenizer.chat_template, tokenizer.get_vocab(), tokenizer.pad_token)
+        if pad != tokenizer.pad_token:
+            tokenizer.pad_token = pad
+    return tokenizer
+
+
 def _segments(messages: list[dict], template: str, special: dict) -> tuple[list, str]:
-    """The conversation's segments, or none and why the template refused it."""
+    """The conversation's segments (a system prompt placed as the family takes one), or none and why
+    the template refused it."""
     try:
+        messages = families.fold_system(messages, families.system_role(template))
         return segments(template, messages, add_generation_prompt=False, special_tokens=special), ""
     except ValueError as err:
         if "turn by turn" in str(err):
@@ -107,6 +121,7 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int | None, num_proc: int 
     """`messages` -> `input_ids` + `labels`; rows with nothing to learn are dropped and counted."""
     if not tokenizer.chat_template:
         raise TemplateError("the tokenizer has no chat template: train from an instruct model, or set one")
+    prepare_tokenizer(tokenizer)
     special = tokenizer.special_tokens_map
     sample = [part.text for messages in dataset.select(range(min(len(dataset), 50)))["messages"]
               for part in _segments(messages, tokenizer.chat_template, special)[0]]

@@ -20,6 +20,7 @@ class Engine(Protocol):
     label: str  # what the page shows: model, adapter, engine, device
     context_tokens: int  # prompt + reply must fit in this many tokens
     special_texts: frozenset[str]  # control-token strings a user's text must not be able to forge
+    system_role: str  # "native" or "fold" (chat_runtime.families): how the model takes a system prompt
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> Sized:
         """The prompt for a conversation (`len()` is its length in tokens)."""

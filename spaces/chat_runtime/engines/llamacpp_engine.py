@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 
-from .. import limits
+from .. import families, limits
 from ..params import GenerationParams
 from ..gguf_files import check_gguf_header, resolve_gguf
 from ..spec import ModelSpec
@@ -54,6 +54,7 @@ class LlamaCppEngine:
             "eos_token": self._token_text(self.llm.token_eos()),
         }
         self.special_texts = self._control_texts()
+        self.system_role = families.system_role(self.template)
         self._lock = threading.Lock()
         self.label = f"{spec.label} · llama.cpp · CPU"
         # Refuse a template-less GGUF now rather than at the first message.

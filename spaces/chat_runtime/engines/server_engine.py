@@ -100,6 +100,7 @@ class ServerEngine:
         # The server's own context is not in the OpenAI API: FINCH_CONTEXT_TOKENS says it (default 4096).
         self.context_tokens = limits.CONTEXT_TOKENS or limits.DEFAULT_CONTEXT_CAP
         self.special_texts = CONTROL_TEXTS
+        self.system_role = spec.system_role
         self.label = f"{spec.label} · inference server"
         self._route: tuple[str, str] | None | bool = False  # False: not probed yet; None: no route
         self._count = functools.lru_cache(maxsize=4096)(self._count_text)

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 
-from .. import limits
+from .. import families, limits
 from ..params import GenerationParams
 from ..precision import bnb_config, pick_dtype_name
 from ..spec import ModelSpec, require_safetensors
@@ -59,6 +59,7 @@ class TransformersEngine:
             model = model.to(self.device)
         self.model = model.eval()
         self.generation_config = model.generation_config
+        self.system_role = families.system_role(self.tokenizer.chat_template)
         self.special_texts = frozenset(t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)
         context = getattr(model.config, "max_position_embeddings", None) or limits.DEFAULT_CONTEXT_CAP
         self.context_tokens = limits.CONTEXT_TOKENS or min(context, limits.DEFAULT_CONTEXT_CAP)
