@@ -338,15 +338,6 @@ def test_an_empty_action_is_refused_before_generation(llamacpp_service, system_p
     assert llamacpp_service.active == 0
 
 
-def test_the_real_model_always_ends_a_turn_with_two_to_four_choices(llamacpp_service, system_prompt):
-    teller = StoryTeller(llamacpp_service, system_prompt)
-    story = Story.new("The Lost Lighthouse", "mystery", "eerie")
-    for action in (None, "Look around"):
-        turn = _tell(teller, story, action, GenerationParams(temperature=0.0, max_new_tokens=32))[-1].turn
-        assert 2 <= len(turn.choices) <= MAX_CHOICES and all(turn.choices) and turn.scene.strip()
-        story = story.with_turn(turn)
-
-
 def test_the_turn_shape_splits_into_scene_and_choices_and_streams_only_the_scene():
     reply = "You wake in a cave. Water drips.\n\nChoices:\n1. Light a torch\n2. Call for help\n3. Crawl out"
     parsed = split_turn(reply)
