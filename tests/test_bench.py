@@ -24,6 +24,7 @@ SCRIPTS = {
     "export_cost.py": 2,
     "train_speed.py": 4,
     "story_grammar.py": 4,
+    "story_rubric.py": 1,
 }
 
 
