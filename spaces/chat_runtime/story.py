@@ -72,12 +72,13 @@ FALLBACKS: Counter[str] = Counter()
 # a digit, so the scene cannot turn into a list. A choice is an action: it starts with one of
 # ACTION_VERBS (a small model left free writes "The story has no dialogue" or a line of the scene),
 # is words (no quotes, dashes, colons or digits: no line of dialogue, no "Go - the first part", no
-# "4. Go 5. Run" inside one line), and its whole length is capped.
+# "4. Go 5. Run" inside one line), and its whole length is capped. No verb starts with "I": a model
+# that means to write "I ..." would otherwise be steered into the verb and then into nonsense.
 SENTENCE_CHARS = 160
 ACTION_VERBS = (
     "Accept Answer Ask Attack Board Break Call Cast Chase Check Climb Close Cross Dance Decode Defend Dig "
     "Dive Drink Enter Escape Examine Explore Fight Find Flee Follow Free Gather Give Go Grab Greet Head Help "
-    "Hide Hold Investigate Jump Knock Land Leave Light Listen Look Offer Open Pick Play Pull Push Read Refuse "
+    "Hide Hold Jump Knock Land Leave Light Listen Look Offer Open Pick Play Pull Push Read Refuse "
     "Repair Rescue Rest Return Ride Run Sail Scan Search Send Shout Signal Sing Sneak Speak Steer Swim Take Talk "
     "Tell Throw Touch Trade Trust Try Turn Visit Wait Walk Warn Whisper Write"
 ).split()
