@@ -2,11 +2,13 @@
 
     python storymaker_app/app.py                                   # embedded SmolLM2 GGUF, CPU
     FINCH_ADAPTER=you/your-adapter python storymaker_app/app.py    # base + LoRA (transformers)
+    FINCH_ADAPTER=runs/cpu-smollm2-story/adapter python storymaker_app/app.py   # the storyteller recipe
 
 The model comes from FINCH_* environment variables (see chat_runtime/spec.py); the narrator's
 instructions from system_prompt.md beside this file. UI only: the story logic (the opening request,
-choices parsed from a reply, the follow-up and default choices, the Markdown export) lives in
-chat_runtime.story, and loading, templating, trimming and cancellation in chat_runtime.
+the turn shape each engine is held to while decoding, the scene streamed before its choices, the
+counted fallbacks, the Markdown export) lives in chat_runtime.story, and loading, templating,
+trimming and cancellation in chat_runtime.
 """
 
 from __future__ import annotations

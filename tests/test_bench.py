@@ -23,6 +23,8 @@ SCRIPTS = {
     "gguf_vs_transformers.py": 2,
     "export_cost.py": 2,
     "train_speed.py": 4,
+    "story_grammar.py": 4,
+    "story_rubric.py": 1,
 }
 
 

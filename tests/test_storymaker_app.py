@@ -70,11 +70,15 @@ def begin(page, title):
 
 def test_a_story_begins_continues_downloads_undoes_and_restarts(storymaker, page, calls):
     module, url = storymaker
-    open_story(page, url)
+    open_story(page, url, max_new_tokens=96)  # room for a whole turn: the choices come from the grammar
     begin(page, "The Lost Lighthouse")
     assert page.locator("#story-heading h1").inner_text() == "The Lost Lighthouse"
     first_choices = choices(page)
     assert 2 <= len(first_choices) <= 4 and all(first_choices)
+    assert len(calls) == 1 and "\n\nChoices:\n1. " in calls[0][1], "one request, its reply in the turn shape"
+    listed = calls[0][1].split("\n\nChoices:\n")[1]
+    assert all(f"{i}. {c}" in listed for i, c in enumerate(first_choices, 1)), (listed, first_choices)
+    assert "Choices:" not in page.locator("#story [data-testid=bot]").inner_text(), "the page shows the scene alone"
     assert module.SYSTEM_PROMPT in calls[0][0] and "The Lost Lighthouse" in calls[0][0]
     opening = calls[0][1].strip().splitlines()[0][:20]  # the first scene's start
 

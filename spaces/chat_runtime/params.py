@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
 from . import limits
 
@@ -24,6 +24,10 @@ class GenerationParams:
     top_p: float = 0.9
     max_new_tokens: int = limits.DEFAULT_MAX_NEW_TOKENS
     repetition_penalty: float = 1.1
+    # A GBNF grammar the reply must follow, enforced while decoding by each engine's own constrained
+    # generation (llama.cpp's grammars, xgrammar, a server's structured-output field). Set by the
+    # runtime (the storymaker's turn shape), never by a slider or an API caller; None = free text.
+    grammar: str | None = field(default=None, repr=False)
 
     @property
     def greedy(self) -> bool:
@@ -53,7 +57,7 @@ def validate(**values: object) -> GenerationParams:
     None means "use the default". Values outside their range are refused, not clamped, so an API
     caller learns the real limits instead of silently getting something else.
     """
-    names = {f.name for f in fields(GenerationParams)}
+    names = set(RANGES)  # the settings a person may set; `grammar` is the runtime's
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")

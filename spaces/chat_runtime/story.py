@@ -1,13 +1,25 @@
 """Choose-your-own-adventure logic on top of ChatService, with no Gradio in it.
 
 The model sees a story as a plain conversation: the system prompt, then the player's requests and
-its own scenes (each scene followed by its numbered choices), formatted by the model's own chat
-template through ChatService, which also trims old turns and keeps the system prompt. Nothing here
-writes template markers or splits a reply on them.
+its own turns, formatted by the model's own chat template through ChatService, which also trims old
+turns and keeps the system prompt. Nothing here writes template markers or splits a reply on them.
 
-A 135M-parameter model often answers without well-formed choices, so a turn is made robust here:
-choices are parsed from many reply shapes; when fewer than two parse, the model is asked once more
-for choices only; when that fails too, a default set fills in. A turn always ends with 2-4 choices.
+Every turn has one shape, a scene and then its choices:
+
+    You stand on a rocky island. Far above, a light flickers.
+
+    Choices:
+    1. Climb to the lighthouse
+    2. Search the shore
+
+and the engines are made to write it while decoding: the request carries a GBNF grammar of the shape
+(`turn_grammar`), which llama.cpp, xgrammar and the inference servers that take grammars enforce,
+with each choice's length capped in the grammar. The scene streams as it is written; the choices
+come when the turn is complete. After decoding, a choice that copies a sentence of the scene is
+dropped, since it is no action. Fallbacks, each counted in `FALLBACKS` and logged: a reply not in
+the shape (a server without structured output) has its choices recovered from a numbered list;
+with fewer than two, the model is asked once more for choices only; after that a default set fills
+in. A turn always ends with 2-4 choices.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import html
 import logging
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -27,8 +40,17 @@ from .templating import Message
 log = logging.getLogger(__name__)
 
 MIN_CHOICES, MAX_CHOICES = 2, 4
-# Longest choice kept for a button, in characters (a small model sometimes writes a paragraph).
-MAX_CHOICE_CHARS = 80
+# Longest choice, in characters: a button label; the grammar enforces it while decoding.
+MAX_CHOICE_CHARS = 60
+# The line between the scene and its numbered choices.
+CHOICES_HEADING = "Choices:"
+_CHOICES_MARK = f"\n\n{CHOICES_HEADING}\n"
+# The scene's length cap in the grammar comes from the reply's token budget: the tokens the choices
+# may need (the heading, three choices of up to MAX_CHOICE_CHARS at ~4 characters a token) are kept
+# for them, and the rest, at ~4 characters a token, is the scene's; never more than MAX_SCENE_CHARS.
+CHOICES_RESERVE_TOKENS = 6 + 3 * (MAX_CHOICE_CHARS // 4 + 2)
+CHARS_PER_TOKEN = 4
+MIN_SCENE_CHARS, MAX_SCENE_CHARS = 160, 640
 # Tokens for the follow-up request: three short lines, whatever the scene's own limit is.
 FOLLOW_UP_MAX_NEW_TOKENS = 64
 # Offered when the model gives no usable choices even when asked again: they fit any story.
@@ -40,22 +62,68 @@ FOLLOW_UP_REQUEST = "{scene}\n\nList three short actions the hero could take nex
 EMPTY_SCENE = "The story pauses, waiting for your next move."
 GENRES = ("fantasy", "mystery", "science fiction", "fairy tale", "pirate adventure", "ghost story")
 TONES = ("hopeful", "eerie", "funny", "tense", "whimsical", "gloomy")
+# Turns that needed a fallback, by kind ("recovered", "follow-up", "default"), and choices dropped as
+# copies of the scene ("copied"), since the process started: the log reports each.
+FALLBACKS: Counter[str] = Counter()
 
-# One choice line: "1. Go", "1) Go", "(1) Go", "[1] Go", "1 - Go", "**1.** Go", "Option 1: Go",
-# "**Choice B:** Go", "A) Go", "- 2. Go". Numbers 1-9 or letters A-D; the text follows a space.
+# The turn shape as GBNF (llama.cpp's grammar format, which xgrammar and vLLM read as is). The
+# scene is whole sentences (each ends with . ! ? or …, within SENTENCE_CHARS), as many as its cap
+# allows, so the choices never begin mid-sentence; a scene line never starts with a list marker or
+# a digit, so the scene cannot turn into a list. A choice is an action: it starts with one of
+# ACTION_VERBS (a small model left free writes "The story has no dialogue" or a line of the scene),
+# is words (no quotes, dashes, colons or digits: no line of dialogue, no "Go - the first part", no
+# "4. Go 5. Run" inside one line), and its whole length is capped. No verb starts with "I": a model
+# that means to write "I ..." would otherwise be steered into the verb and then into nonsense.
+SENTENCE_CHARS = 160
+ACTION_VERBS = (
+    "Accept Answer Ask Attack Board Break Call Cast Chase Check Climb Close Cross Dance Decode Defend Dig "
+    "Dive Drink Enter Escape Examine Explore Fight Find Flee Follow Free Gather Give Go Grab Greet Head Help "
+    "Hide Hold Jump Knock Land Leave Light Listen Look Offer Open Pick Play Pull Push Read Refuse "
+    "Repair Rescue Rest Return Ride Run Sail Scan Search Send Shout Signal Sing Sneak Speak Steer Swim Take Talk "
+    "Tell Throw Touch Trade Trust Try Turn Visit Wait Walk Warn Whisper Write"
+).split()
+_SHAPE_RULES = r"""
+scene    ::= sentence (gap sentence){0,%(more)d}
+sentence ::= lead [^\n.!?…]{0,%(sentence)d} [.!?…] ["”’]?
+gap      ::= " " | "\n" | "\n\n"
+lead     ::= [^\n\t .!?…0-9#*>|•(\[-]
+choice   ::= verb " " [a-zA-Z] [a-zA-Z ,'’]{1,%(rest)d}
+verb     ::= %(verbs)s
+"""
+_TURN_ROOT = r"""root ::= scene "\n\nChoices:\n1. " choice "\n2. " choice ("\n3. " choice ("\n4. " choice)?)?"""
+_CHOICES_ROOT = r"""root ::= "1. " choice "\n2. " choice "\n3. " choice"""
+
+
+def scene_chars(max_new_tokens: int) -> int:
+    """The scene's length cap for a reply of `max_new_tokens`, leaving room for its choices."""
+    room = (max_new_tokens - CHOICES_RESERVE_TOKENS) * CHARS_PER_TOKEN
+    return max(MIN_SCENE_CHARS, min(MAX_SCENE_CHARS, room))
+
+
+def _rules(scene_chars: int) -> str:
+    sentences = max(1, scene_chars // SENTENCE_CHARS)
+    rest = MAX_CHOICE_CHARS - 2 - max(map(len, ACTION_VERBS))  # verb, space, first letter, rest: the cap holds
+    verbs = " | ".join(f'"{verb}"' for verb in ACTION_VERBS)
+    return _SHAPE_RULES % {"more": sentences - 1, "sentence": SENTENCE_CHARS - 2, "rest": rest, "verbs": verbs}
+
+
+def turn_grammar(max_new_tokens: int) -> str:
+    """GBNF of a whole turn: a scene that fits the token budget, "Choices:", 2-4 numbered choices."""
+    return _TURN_ROOT + _rules(scene_chars(max_new_tokens))
+
+
+def choices_grammar() -> str:
+    """GBNF of three numbered choices alone (the follow-up request's answer)."""
+    return _CHOICES_ROOT + _rules(MIN_SCENE_CHARS)
+
+
+# One numbered choice line of a reply not in the shape: "1. Go", "1) Go", "(1) Go", "**1.** Go",
+# "Option 1: Go". Only for servers that cannot enforce the grammar.
 _ITEM = re.compile(
-    r"""^\s*(?:[-*•+]\s+)?(?:\*\*|__)?\s*
-    (?:
-        (?:option|choice)\s*(?P<word>[1-9]|[A-Da-d])\b\s*[.):\-–—]?
-      | [(\[]?(?P<bare>[1-9]|[A-Da-d])\s*(?:[.):\]]|\s[-–—])
-    )
+    r"""^\s*(?:[-*•]\s+)?(?:\*\*|__)?\s*(?:(?:option|choice)\s*)?\(?(?P<n>[1-9])\s*[.):]
     (?:\s*(?:\*\*|__))?\s+(?P<text>\S.*?)\s*$""",
     re.IGNORECASE | re.VERBOSE,
 )
-# A bullet line ("- Go", "* Go", "• Go"), used only when no numbered choices are found.
-_BULLET = re.compile(r"^\s*[-*•]\s+(?P<text>\S.*?)\s*$")
-# Inline markers in one paragraph: "You can 1) fight, 2) run, or 3) hide."
-_INLINE_MARK = re.compile(r"(?<![\w.])\(?([1-9])[.)]\s+")
 # "You could also take the boat", "I will take the boat" -> "take the boat": the button says
 # what the player does.
 _LEAD_WORDS = re.compile(
@@ -65,6 +133,7 @@ _LEAD_WORDS = re.compile(
 )
 _LEAD_BOLD = re.compile(r"^(?:\*\*|__)(.+?)(?:\*\*|__)\s*[:\-–—]")
 _SENTENCE_END = re.compile(r"[.!?…][\"”’')\]*]*(?=\s|$)")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?…])[\"”’')\]*]*\s+|\n+")
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-!|~$])")
 # Unicode format characters kept in titles: zero-width (non-)joiners shape Indic scripts and emoji.
 _KEEP_FORMAT = {"\u200c", "\u200d"}
@@ -78,7 +147,9 @@ class Turn:
     action: str  # what the page shows the player did ("" for the opening)
     scene: str
     choices: tuple[str, ...]
-    choices_from: str = "model"  # "model", "follow-up" or "default": where the choices came from
+    # Where the choices came from: "model" (the turn shape), else a fallback: "recovered" (a numbered
+    # list in free text), "follow-up" (asked once more) or "default".
+    choices_from: str = "model"
 
 
 @dataclass(frozen=True)
@@ -117,11 +188,11 @@ class Story:
         return f"Let's play. Tell the first scene of a {genre}story called “{self.title}”{tone}. I am the hero."
 
     def history(self) -> list[Message]:
-        """The story as chat turns for the model: each request, then the scene and its choices."""
+        """The story as chat turns for the model: each request, then its turn in the turn shape."""
         messages: list[Message] = []
         for turn in self.turns:
             messages.append({"role": "user", "content": turn.request})
-            messages.append({"role": "assistant", "content": f"{turn.scene}\n\n{format_choices(turn.choices)}"})
+            messages.append({"role": "assistant", "content": format_turn(turn.scene, turn.choices)})
         return messages
 
     def with_turn(self, turn: Turn) -> "Story":
@@ -226,108 +297,92 @@ def _unique(choices: list[str], skip: str = "") -> list[str]:
     return kept
 
 
-def _mark_index(mark: str) -> tuple[str, int]:
-    return ("digit", int(mark)) if mark.isdigit() else ("letter", ord(mark.lower()) - ord("a") + 1)
+def copies_scene(choice: str, scene: str) -> bool:
+    """A choice that is a sentence of the scene, or a long run of its words, is no action: "She
+    knows that this journey will be long" tells, it does not offer."""
+    key = _key(choice)
+    if any(_key(sentence) == key for sentence in _SENTENCE_SPLIT.split(scene)):
+        return True
+    return len(choice.split()) >= 5 and key in _key(scene)
+
+
+def split_turn(reply: str, cut_off: bool = False) -> Parsed | None:
+    """A reply in the turn shape split into its scene and choices; None when it is not in the shape.
+    A reply `cut_off` by its token limit loses its last choice (likely unfinished), unless only two
+    are left."""
+    scene, mark, listing = reply.rpartition(_CHOICES_MARK)
+    if not mark or not scene.strip():
+        return None
+    items = []
+    for n, line in enumerate(listing.split("\n"), 1):
+        if not line.startswith(f"{n}. ") or n > MAX_CHOICES:
+            return None
+        items.append(line[len(f"{n}. "):])
+    if cut_off and len(items) > MIN_CHOICES:
+        items = items[:-1]
+    return Parsed(scene.strip(), tuple(_clean_choice(t) for t in items))
+
+
+def scene_so_far(text: str) -> str:
+    """The scene of a reply being streamed: the text before its choices (and before the start of
+    their heading, so the page never shows a stray "Choi")."""
+    cut = text.find(_CHOICES_MARK)
+    if cut >= 0:
+        return text[:cut]
+    for size in range(len(_CHOICES_MARK) - 1, 0, -1):
+        if text.endswith(_CHOICES_MARK[:size]):
+            return text[:-size]
+    return text
 
 
 def _numbered_runs(lines: list[str]) -> list[tuple[int, list[str]]]:
-    """Runs of items numbered 1, 2, 3... (or A, B, C...): (first line number, item texts).
-    Blank and unnumbered lines inside a run (an item's description) do not end it."""
+    """Runs of items numbered 1, 2, 3...: (first line number, item texts). Blank and unnumbered
+    lines inside a run (an item's description) do not end it."""
     runs: list[tuple[int, list[str]]] = []
-    kind, items, start = None, [], 0
+    items, start = [], 0
     for n, line in enumerate(lines):
         match = _ITEM.match(line)
         if not match:
             continue
-        this_kind, index = _mark_index(match.group("word") or match.group("bare"))
-        if items and this_kind == kind and index == len(items) + 1:
+        index = int(match.group("n"))
+        if items and index == len(items) + 1:
             items.append(match.group("text"))
         elif index == 1:
             if items:
                 runs.append((start, items))
-            kind, items, start = this_kind, [match.group("text")], n
+            items, start = [match.group("text")], n
         elif items:
             runs.append((start, items))
-            kind, items = None, []
+            items = []
     if items:
         runs.append((start, items))
     return runs
 
 
-def _bullet_run(lines: list[str]) -> tuple[int, list[str]] | None:
-    """The last run of two or more consecutive bullet lines."""
-    end = len(lines)
-    while end and not lines[end - 1].strip():
-        end -= 1
-    start = end
-    while start and _BULLET.match(lines[start - 1]):
-        start -= 1
-    items = [_BULLET.match(line).group("text") for line in lines[start:end]]
-    return (start, items) if len(items) >= MIN_CHOICES else None
-
-
-def _inline(paragraph: str) -> tuple[str, list[str]] | None:
-    """Choices written inside a sentence: "You can 1) fight, 2) run, or 3) hide." """
-    marks = list(_INLINE_MARK.finditer(paragraph))
-    firsts = [i for i, m in enumerate(marks) if m.group(1) == "1"]
-    if not firsts:
-        return None
-    marks = marks[firsts[-1]:]
-    run = [marks[0]]
-    for m in marks[1:]:
-        if int(m.group(1)) == len(run) + 1:
-            run.append(m)
-    if len(run) < MIN_CHOICES:
-        return None
-    bounds = [m.start() for m in run[1:]] + [len(paragraph)]
-    items = [re.sub(r"[\s,;]*(?:\b(?:or|and)\b)?[\s,;]*$", "", paragraph[m.end():end], flags=re.IGNORECASE)
-             for m, end in zip(run, bounds)]
-    return paragraph[: run[0].start()], items
-
-
 def parse_reply(reply: str, expect_scene: bool = True, cut_off: bool = False) -> Parsed:
-    """Split a reply into its scene and its choices (the last numbered list, else the last bullet
-    list, else inline "1) ... 2) ..."), cleaned, de-duplicated and at most MAX_CHOICES.
+    """Recover the scene and choices of a reply not in the turn shape (from a server that cannot
+    enforce the grammar): the choices are its last numbered list, cleaned, de-duplicated and at most
+    MAX_CHOICES.
 
     With `expect_scene` (a story turn), a reply that is only a list is the story told as a list:
     all scene, no choices. Without it (the answer to a request for choices) it is the choices.
     A reply `cut_off` by its token limit loses its last choice, unless only two are left."""
     lines = reply.strip().splitlines()
-    runs = _numbered_runs(lines)
-    best = next((run for run in reversed(runs) if len(run[1]) >= MIN_CHOICES), None) or _bullet_run(lines)
-    if best and expect_scene and not "\n".join(lines[: best[0]]).strip():
-        best = None
+    runs = [run for run in _numbered_runs(lines) if run[0] > 0 or not expect_scene]
+    best = next((run for run in reversed(runs) if len(run[1]) >= MIN_CHOICES), None)
     if best:
         items = best[1][:-1] if cut_off and len(best[1]) > MIN_CHOICES else best[1]
         choices = _unique([_clean_choice(t) for t in items])
         if len(choices) >= MIN_CHOICES:
             return Parsed(tidy_scene("\n".join(lines[: best[0]])), tuple(choices[:MAX_CHOICES]))
-    inline = _inline_split(lines, expect_scene)
-    if inline:
-        return inline
-    if runs and (runs[-1][0] > 0 or not expect_scene):  # one numbered item after the scene: keep it, a follow-up may add more
+    if runs:  # one numbered item after the scene: keep it, a follow-up may add more
         start, items = runs[-1]
         return Parsed(tidy_scene("\n".join(lines[:start])), tuple(_unique([_clean_choice(t) for t in items])))
     return Parsed(tidy_scene(reply), ())
 
 
-def _inline_split(lines: list[str], expect_scene: bool) -> Parsed | None:
-    paragraphs = "\n".join(lines).strip().split("\n\n")
-    found = _inline(paragraphs[-1].replace("\n", " "))
-    if not found:
-        return None
-    before, items = found
-    scene = "\n\n".join(paragraphs[:-1] + [before]).strip()
-    if expect_scene and not scene:
-        return None  # the whole reply is the list: the story told as a list
-    choices = _unique([_clean_choice(t) for t in items])
-    if len(choices) < MIN_CHOICES:
-        return None
-    return Parsed(tidy_scene(scene), tuple(choices[:MAX_CHOICES]))
-
-
 def tidy_scene(text: str) -> str:
-    """A scene that reads as finished: no trailing "Your choices:" lead-in, no sentence cut off
+    """A scene that reads as finished: no trailing "Choices:" lead-in, no sentence cut off
     by the token limit (cut back to the last full sentence, or marked with "…")."""
     lines = text.strip().splitlines()
     while lines and (not lines[-1].strip() or lines[-1].rstrip().endswith(":")):
@@ -348,6 +403,11 @@ def format_choices(choices: tuple[str, ...] | list[str]) -> str:
     return "\n".join(f"{i}. {choice}" for i, choice in enumerate(choices, 1))
 
 
+def format_turn(scene: str, choices: tuple[str, ...] | list[str]) -> str:
+    """A turn in the turn shape: the scene, "Choices:", the numbered choices (what the grammar makes)."""
+    return f"{scene}{_CHOICES_MARK}{format_choices(choices)}"
+
+
 def action_request(action: object) -> str:
     """The player's action (a choice or typed text) as the next user turn; ValueError when empty."""
     action = clean_text(action, limits.MAX_MESSAGE_CHARS)
@@ -366,36 +426,55 @@ class StoryTeller:
     def tell(self, story: Story, action: str | None, params: GenerationParams) -> Iterator[Progress]:
         """Stream the next turn: the opening when `action` is None, else the reply to the action.
 
-        Raises ValueError before any text for bad input. The last update carries the finished
-        turn, with 2-4 choices. Closing the iterator cancels the generation in progress.
+        Raises ValueError before any text for bad input. The updates carry the scene so far; the last
+        one the finished turn, with 2-4 choices. Closing the iterator cancels the generation.
         """
         request = story.opening_request() if action is None else action_request(action)
-        history = story.history()
+        params = replace(params, grammar=turn_grammar(params.max_new_tokens))
         text, dropped, pieces = "", 0, 0
-        stream = self.service.reply(request, history, self.system_prompt, params)
+        stream = self.service.reply(request, story.history(), self.system_prompt, params)
         try:
             for pieces, reply in enumerate(stream):
                 text, dropped = reply.text, reply.dropped_messages
-                yield Progress(text, dropped)
+                yield Progress(scene_so_far(text), dropped)
         finally:
             stream.close()
         # llama.cpp streams a piece per token, so a reply with as many pieces as its token limit
         # was cut off, mid-choice likely (an engine that streams words never looks cut off).
-        parsed = parse_reply(text, cut_off=pieces >= params.max_new_tokens)
-        # A small model often offers the title itself as a choice: that is no action.
-        choices, source = _unique(list(parsed.choices), skip=story.title), "model"
+        cut_off = pieces >= params.max_new_tokens
+        parsed, source = split_turn(text, cut_off), "model"
+        if parsed is None:  # free text: a server that cannot enforce the grammar, or a reply cut short
+            parsed, source = parse_reply(text, cut_off=cut_off), "recovered"
+        scene = parsed.scene or EMPTY_SCENE
+        choices = self._actions(parsed.choices, scene, story.title)
         if len(choices) < MIN_CHOICES:
-            yield Progress(parsed.scene, dropped, finding_choices=True)
-            asked = yield from self._ask_for_choices(parsed.scene, params)
-            choices, source = _unique(choices + list(asked), skip=story.title), "follow-up"
+            yield Progress(scene, dropped, finding_choices=True)
+            asked = yield from self._ask_for_choices(scene, params)
+            choices, source = self._actions(choices + asked, scene, story.title), "follow-up"
         if len(choices) < MIN_CHOICES:
             choices, source = _unique(choices + list(DEFAULT_CHOICES))[:len(DEFAULT_CHOICES)], "default"
-        turn = Turn(request, "" if action is None else request, parsed.scene, tuple(choices[:MAX_CHOICES]), source)
+        if source != "model":
+            FALLBACKS[source] += 1
+            log.warning("story turn needed a fallback (%s); fallbacks so far: %s", source, dict(FALLBACKS))
+        turn = Turn(request, "" if action is None else request, scene, tuple(choices[:MAX_CHOICES]), source)
         yield Progress(turn.scene, dropped, turn=turn)
+
+    @staticmethod
+    def _actions(choices, scene: str, title: str) -> list[str]:
+        """The choices a player can take: not empty, not repeated, not the title, not a copy of a
+        sentence of the scene (each copy dropped is counted)."""
+        kept = []
+        for choice in _unique(list(choices), skip=title):
+            if copies_scene(choice, scene):
+                FALLBACKS["copied"] += 1
+                log.info("dropped a choice that copies the scene: %r", choice)
+            else:
+                kept.append(choice)
+        return kept
 
     def _ask_for_choices(self, scene: str, params: GenerationParams):
         """Ask once more, for choices only; yields progress (so a closed page cancels it), returns them."""
-        params = replace(params, max_new_tokens=FOLLOW_UP_MAX_NEW_TOKENS)
+        params = replace(params, max_new_tokens=FOLLOW_UP_MAX_NEW_TOKENS, grammar=choices_grammar())
         text, pieces = "", 0
         stream = self.service.reply(FOLLOW_UP_REQUEST.format(scene=scene), [], self.system_prompt, params)
         try:
@@ -406,7 +485,7 @@ class StoryTeller:
             log.info("no follow-up request for choices: %s", err)
         finally:
             stream.close()
-        return parse_reply(text, expect_scene=False, cut_off=pieces >= params.max_new_tokens).choices
+        return list(parse_reply(text, expect_scene=False, cut_off=pieces >= params.max_new_tokens).choices)
 
 
 def transcript(story: Story | None) -> list[Message]:

@@ -28,5 +28,7 @@ class Engine(Protocol):
 
     def stream(self, prompt: Sized, params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
         """The reply's text in pieces; stop at EOS, at max_new_tokens, or soon after `cancel` is set.
-        May raise before returning (a server that is down); closing the pieces ends generation."""
+        May raise before returning (a server that is down); closing the pieces ends generation.
+        With `params.grammar` (GBNF) the reply follows that grammar, by the engine's own constrained
+        decoding; an engine (or server) that has none sends free text, which the caller must expect."""
         ...

@@ -76,6 +76,15 @@ class LlamaCppEngine:
                          special_tokens=self.special_tokens)
         return encode(parts, lambda text: self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))[0]
 
+    @staticmethod
+    def _grammar(gbnf: str | None):
+        """llama.cpp's own GBNF grammar sampler for a constrained reply (None: free text)."""
+        if gbnf is None:
+            return None
+        from llama_cpp import LlamaGrammar
+
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
     def stream(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
         """Yield text as llama.cpp decodes it; checks `cancel` between tokens."""
         with self._lock:
@@ -84,6 +93,7 @@ class LlamaCppEngine:
             # greedy choice, so temperature 0 would not repeat itself.
             self.llm.reset()
             chunks = self.llm.create_completion(
+                grammar=self._grammar(params.grammar),
                 prompt=prompt_ids,
                 max_tokens=params.max_new_tokens,
                 temperature=params.temperature,

@@ -33,13 +33,27 @@ from ..templating import Message
 log = logging.getLogger(__name__)
 
 # (path, body key for the text) of the tokenize endpoints these servers have; all answer with the
-# token list (as {"tokens": [...]}, or TGI's bare list). The first that answers is used.
+# token list (as {"tokens": [...]}, or TGI's bare list). The first that answers is used, and it
+# also tells which server this is (see GRAMMAR_FIELDS).
 TOKENIZE_ROUTES = (
     ("/extras/tokenize", "input"),  # llama-cpp-python's server
     ("/tokenize", "content"),  # llama.cpp's llama-server
     ("/tokenize", "prompt"),  # vLLM
     ("/tokenize", "inputs"),  # TGI
 )
+SERVER_FAMILIES = {
+    ("/extras/tokenize", "input"): "llama.cpp", ("/tokenize", "content"): "llama.cpp",
+    ("/tokenize", "prompt"): "vllm", ("/tokenize", "inputs"): "tgi",
+}
+# How each server takes a GBNF grammar in a chat-completions request (its structured output):
+# llama.cpp's servers a `grammar` field; vLLM `structured_outputs.grammar` (since 0.10.2; its older
+# `guided_grammar` was removed in 0.12). TGI's chat route constrains only to JSON (tools), not to a
+# text grammar, and an unknown server may refuse fields it does not know: both get none, and the
+# caller recovers the reply's structure from free text.
+GRAMMAR_FIELDS = {
+    "llama.cpp": lambda gbnf: {"grammar": gbnf},
+    "vllm": lambda gbnf: {"structured_outputs": {"grammar": gbnf}},
+}
 # Tokens a chat template adds around each message (ChatML and Llama 3 add 5) and once per chat
 # (a default system prompt or date header: SmolLM2's is ~20 tokens, Llama 3.2's ~25): generous.
 MESSAGE_OVERHEAD_TOKENS = 8
@@ -131,8 +145,22 @@ class ServerEngine:
             # llama.cpp and vLLM; llama.cpp's default would be 40).
             "top_k": 0,
         }
+        if params.grammar is not None:
+            body.update(self._grammar_fields(params.grammar))
         response = self._send("POST", "/v1/chat/completions", body, stream=True)
         return _Pieces(response, cancel, self._fail)
+
+    def _grammar_fields(self, gbnf: str) -> dict:
+        """The request fields that make this server follow a GBNF grammar ({} when it has none)."""
+        if self._route is False:
+            self._route = self._find_route()
+        family = SERVER_FAMILIES.get(self._route)
+        fields = GRAMMAR_FIELDS.get(family)
+        if fields is None:
+            log.info("the inference server (%s) takes no text grammar on its chat route: the reply is free text",
+                     family or "unrecognised")
+            return {}
+        return fields(gbnf)
 
     def _send(self, method: str, path: str, body: dict, stream: bool = False, probe: bool = False) -> httpx.Response:
         """One request; transport failures and error statuses become a ServerError (in a `probe`,

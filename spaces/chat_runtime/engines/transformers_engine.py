@@ -65,12 +65,29 @@ class TransformersEngine:
         self.context_tokens = limits.CONTEXT_TOKENS or min(context, limits.DEFAULT_CONTEXT_CAP)
         quant = "4-bit" if spec.load_in_4bit else dtype_name
         self.label = f"{spec.label} · transformers · {self.device} {quant}"
+        self._grammar_compiler = None  # xgrammar's, made at the first constrained reply
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Token ids by the tokenizer's chat template (specials are in the text, none added)."""
         parts = segments(self.tokenizer.chat_template, messages, add_generation_prompt=add_generation_prompt,
                          special_tokens=self.tokenizer.special_tokens_map)
         return encode(parts, lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"])[0]
+
+    def _logits_processors(self, gbnf: str | None) -> dict:
+        """generate() arguments that hold the reply to a GBNF grammar, through xgrammar (which reads
+        llama.cpp's GBNF as is, so one grammar serves every engine); {} for free text."""
+        if gbnf is None:
+            return {}
+        from transformers import LogitsProcessorList
+        import xgrammar
+        import xgrammar.contrib.hf
+
+        if self._grammar_compiler is None:  # the tokenizer's token table, built once (~1 s)
+            info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+            self._grammar_compiler = xgrammar.GrammarCompiler(info)  # caches each compiled grammar
+        compiled = self._grammar_compiler.compile_grammar(gbnf)
+        # One processor per generate() call: it holds the matcher's state.
+        return {"logits_processor": LogitsProcessorList([xgrammar.contrib.hf.LogitsProcessor(compiled)])}
 
     def stream(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
         """Run `generate` in a thread and yield decoded text as it arrives; `cancel` stops it."""
@@ -88,6 +105,7 @@ class TransformersEngine:
             else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         )
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.generation_config.eos_token_id
+        constrained = self._logits_processors(params.grammar)
         kwargs = dict(
             input_ids=torch.tensor([prompt_ids], device=self.model.device),
             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=self.model.device),
@@ -96,6 +114,7 @@ class TransformersEngine:
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_Cancelled()]),
             pad_token_id=pad,
+            **constrained,
             **sampling,
         )
         errors: list[BaseException] = []

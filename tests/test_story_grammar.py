@@ -1,0 +1,92 @@
+"""Story turns in the turn shape on the real embedded model, through each engine's own constrained
+decoding: llama.cpp's grammar sampler, `python -m llama_cpp.server`'s `grammar` field, and xgrammar
+under transformers. Every turn has 2-4 choices, none a sentence of its scene, each within the cap;
+the fallbacks needed are counted and printed (the target is none)."""
+
+import pytest
+
+from chat_runtime import ChatService, GenerationParams
+from chat_runtime.story import (
+    FALLBACKS, MAX_CHOICE_CHARS, MAX_CHOICES, MIN_CHOICES, Story, StoryTeller, copies_scene, scene_so_far, split_turn,
+    turn_grammar,
+)
+
+pytestmark = pytest.mark.e2e
+
+# Twenty titles over the storymaker's genres and tones, and a few of neither.
+TITLES = [
+    ("The lighthouse keeper's last winter", "mystery", "gloomy"),
+    ("The Dragon Who Sneezed Glitter", "fairy tale", "funny"),
+    ("Signal from Europa", "science fiction", "tense"),
+    ("The Captain's Last Map", "pirate adventure", "hopeful"),
+    ("The Whispering Stairs", "ghost story", "eerie"),
+    ("Crown of Ash", "fantasy", "tense"),
+    ("The Missing Violin", "mystery", "whimsical"),
+    ("The Robot Who Dreamed", "science fiction", "hopeful"),
+    ("The Giant's Garden", "fairy tale", "whimsical"),
+    ("Storm over Tortuga", "pirate adventure", "tense"),
+    ("The Last Train at Midnight", "ghost story", "gloomy"),
+    ("The Silver Forest", "fantasy", "hopeful"),
+    ("Fog on Elm Street", "mystery", "eerie"),
+    ("Station Nine", "science fiction", "gloomy"),
+    ("The Paper Crown", "fairy tale", "hopeful"),
+    ("The Mermaid's Bargain", "pirate adventure", "funny"),
+    ("The House on Crow Hill", "ghost story", "funny"),
+    ("The Frozen Throne", "fantasy", "eerie"),
+    ("A Cat Named Tuesday", "", ""),
+    ("The Bakery at the End of Time", "comedy", "cosy"),
+]
+PARAMS = GenerationParams(temperature=0.0, max_new_tokens=96)
+
+
+@pytest.fixture(scope="module")
+def system_prompt(repo_root):
+    return (repo_root / "storymaker_app" / "system_prompt.md").read_text().strip()
+
+
+def tell_openings(service: ChatService, system_prompt: str, titles) -> dict:
+    """The opening turn of each title, checked; returns the fallbacks the turns needed."""
+    teller = StoryTeller(service, system_prompt)
+    before = FALLBACKS.copy()
+    for title, genre, tone in titles:
+        updates = list(teller.tell(Story.new(title, genre, tone), None, PARAMS))
+        turn = updates[-1].turn
+        assert MIN_CHOICES <= len(turn.choices) <= MAX_CHOICES, (title, turn)
+        assert turn.scene.strip() and "Choices:" not in turn.scene, (title, turn.scene)
+        for choice in turn.choices:
+            assert 2 <= len(choice) <= MAX_CHOICE_CHARS, (title, choice)
+            assert not copies_scene(choice, turn.scene), (title, choice, turn.scene)
+        assert all("Choices:" not in u.text for u in updates[:-1]), "the page sees only the scene while it streams"
+    needed = {kind: FALLBACKS[kind] - before[kind] for kind in FALLBACKS if FALLBACKS[kind] > before[kind]}
+    print(f"\n{service.engine.name}: {len(titles)} openings, fallbacks needed: {needed or 'none'}")
+    return needed
+
+
+def test_every_turn_on_llamacpp_is_a_scene_and_real_choices(llamacpp_service, system_prompt):
+    needed = tell_openings(llamacpp_service, system_prompt, TITLES)
+    assert "recovered" not in needed, "llama.cpp's grammar makes every reply a turn in the shape"
+
+
+def test_every_turn_through_llama_cpp_server_is_a_scene_and_real_choices(llama_servers, system_prompt):
+    server = llama_servers().start()
+    try:
+        needed = tell_openings(ChatService.from_spec(server.spec()), system_prompt, TITLES)
+    finally:
+        server.stop()
+    assert "recovered" not in needed, "the server's `grammar` field makes every reply a turn in the shape"
+
+
+def test_every_turn_on_transformers_with_xgrammar_is_a_scene_and_real_choices(transformers_service, system_prompt):
+    needed = tell_openings(transformers_service, system_prompt, TITLES[:5])
+    assert "recovered" not in needed, "xgrammar makes every reply a turn in the shape"
+
+
+def test_the_grammar_holds_even_when_the_player_asks_for_something_else(llamacpp_service, system_prompt):
+    ids = llamacpp_service.engine.encode_chat([{"role": "user", "content": "Write a numbered list of ten fruits."}])
+    import threading
+
+    params = GenerationParams(temperature=0.0, max_new_tokens=96, grammar=turn_grammar(96))
+    reply = "".join(llamacpp_service.engine.stream(ids, params, threading.Event()))
+    parsed = split_turn(reply)
+    assert parsed is not None and MIN_CHOICES <= len(parsed.choices) <= MAX_CHOICES, reply
+    assert scene_so_far(reply) == parsed.scene
