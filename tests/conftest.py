@@ -82,6 +82,20 @@ def shaped_model():
 
 
 @pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The CPU recipe as the README runs it (one epoch over the sample data), evaluated against its
+    base at the end with the quick evaluation settings (the embedded model judging on llama.cpp).
+    (run folder, the finished process)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "cpu"
+    proc = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config",
+                           str(ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"), "--output_dir", str(run_dir),
+                           "--evaluate", "true", "--evaluate_config", str(ROOT / "training" / "eval" / "quick.yaml")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+@pytest.fixture(scope="session")
 def llamacpp_service(embedded_gguf):
     from chat_runtime import ChatService, ModelSpec
 
