@@ -96,7 +96,7 @@ def test_train_evaluates_the_fine_tune_against_its_base_and_the_card_has_the_tab
     out = run_dir / "evaluation"
     report = json.loads((out / "report.json").read_text())
     n = report["prompts"]
-    assert n == 4 and "held-out split" in report["source"]
+    assert n == 3 and "held-out split" in report["source"]
     for side in ("base", "finetuned"):
         entry = report[side]
         assert set(entry) >= {"mean_score", "scored", "unparsed", "perplexity"}
@@ -127,8 +127,8 @@ def test_a_judge_on_an_openai_compatible_server_with_a_key_that_is_never_shown(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["judge"]["model"] == f"{server.MODEL} · inference server" and not report["judge"]["weak"]
-    assert report["base"]["scored"] + report["base"]["unparsed"] == 4
-    assert len((out / "judged.jsonl").read_text().splitlines()) == 16
+    assert report["base"]["scored"] + report["base"]["unparsed"] == 3
+    assert len((out / "judged.jsonl").read_text().splitlines()) == 12
     assert "Replies (" not in proc.stderr  # the replies were stored: only the judging ran
     for text in (proc.stdout, proc.stderr, *(p.read_text() for p in out.iterdir() if p.suffix != ".png")):
         assert key not in text
@@ -148,13 +148,13 @@ def test_a_killed_evaluation_resumes_where_it_stopped(trained_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = judged.read_text().splitlines()
-    assert 2 <= len(before) < 16 and not (out / "report.md").exists()
+    assert 2 <= len(before) < 12 and not (out / "report.md").exists()
     again = evaluate("--adapter", str(trained_run[0] / "adapter"), "--output_dir", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     after = judged.read_text().splitlines()
-    assert after[: len(before)] == before and len(after) == 16  # kept, not redone
+    assert after[: len(before)] == before and len(after) == 12  # kept, not redone
     assert f"resuming: {len(before)} judgements already made" in again.stderr
-    assert json.loads((out / "report.json").read_text())["prompts"] == 4
+    assert json.loads((out / "report.json").read_text())["prompts"] == 3
 
 
 @pytest.mark.e2e
@@ -169,6 +169,6 @@ def test_a_dead_judge_gives_a_clear_message_and_keeps_what_was_scored(trained_ru
     assert proc.returncode == 1
     message = proc.stderr.strip().splitlines()
     assert any(line.startswith("Evaluation stopped: The inference server is not reachable") for line in message), proc.stderr[-2000:]
-    assert "3 of 16 judgements are kept" in proc.stderr and "rerun the same command to resume" in proc.stderr
+    assert "3 of 12 judgements are kept" in proc.stderr and "rerun the same command to resume" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len((out / "judged.jsonl").read_text().splitlines()) == 3 and not (out / "report.md").exists()

@@ -405,6 +405,10 @@ def _cell(value) -> str:
     return f"{value[0]}-{value[1]}" if isinstance(value, list) else str(value)
 
 
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
 def summary_table(report: dict) -> str:
     """The headline tables (scores, perplexity, pairwise) in Markdown: the report's and the model card's."""
     lines = ["| model | mean score (1-5) | 95% CI | scored | unparsed | eval loss | perplexity |", "|---|---|---|---|---|---|---|"]
@@ -437,8 +441,8 @@ def markdown(report: dict) -> str:
              f"Rubric: `{report['rubric']}`.", "", judge_note(report["judge"]), "", summary_table(report), "",
              "Scores exclude answers the judge gave in no readable form (counted as unparsed). Each pair was asked "
              "twice, the fine-tune shown first and then second; a prompt is a win or a loss only when both orders "
-             "agree, otherwise a tie, so position bias cancels. Verdicts per order (A = shown first): fine-tune first "
-             f"{orders['finetuned_first']}, base first {orders['base_first']}.", "",
+             "agree, otherwise a tie, so position bias cancels. Verdicts per order (A = shown first): fine-tune first: "
+             f"{_counts(orders['finetuned_first'])}; base first: {_counts(orders['base_first'])}.", "",
              "![score distributions and pairwise outcomes](report.png)", "", "## Per prompt", "",
              "| # | prompt | base score | fine-tune score | pairwise |", "|---|---|---|---|---|"]
     for row in report["rows"]:
