@@ -187,10 +187,12 @@ def load_app(app_file: Path, module_name: str):
 
 
 @pytest.fixture(scope="session")
-def chatbot():
-    """The chatbot app running in this process on a free port: (module, url)."""
+def chatbot(tmp_path_factory):
+    """The chatbot app running in this process on a free port: (module, url). Its votes go to a
+    temporary file (`module.votes.path`)."""
     from chat_runtime import limits
 
+    os.environ["FINCH_VOTES_FILE"] = str(tmp_path_factory.mktemp("votes") / "votes.jsonl")
     module = load_app(ROOT / "chatbot_app" / "app.py", "finch_chatbot_app")
     port = free_port()
     module.demo.queue(max_size=limits.QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
