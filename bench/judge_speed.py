@@ -3,7 +3,7 @@ training/evaluate.py judges: for each prompt, a 1-5 score of both replies and th
 asked in both orders (4 judge calls per pair).
 
     .venv/bin/python bench/judge_speed.py            # 20 prompts
-    .venv/bin/python bench/judge_speed.py --quick    # smoke run: 3 prompts
+    .venv/bin/python bench/judge_speed.py --quick    # smoke run: 2 prompts
 
 The two replies per prompt come from the embedded model itself (greedy and sampled), made before
 the clock starts; only the judging is timed.
@@ -32,10 +32,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--reply_tokens", type=int, default=64, help="length of the replies being judged")
     parser.add_argument("--judge_max_new_tokens", type=int, default=64, help="evaluate.py's default")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 prompts, short replies")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, short replies and judge answers")
     args = parser.parse_args()
     if args.quick:
-        args.prompts, args.reply_tokens = 3, 24
+        args.prompts, args.reply_tokens, args.judge_max_new_tokens = 2, 16, 8
 
     from chat_runtime import ChatService, ModelSpec, embedded, validate
     from finetune.judge import Judge, JudgeSpec, load_rubric

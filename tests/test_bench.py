@@ -23,6 +23,8 @@ SCRIPTS = {
     "gguf_vs_transformers.py": 2,
     "export_cost.py": 2,
     "train_speed.py": 4,
+    "judge_speed.py": 2,
+    "compare_ttft.py": 3,
 }
 
 

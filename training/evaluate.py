@@ -28,7 +28,7 @@ log = logging.getLogger("finch.evaluate")
 def main(args: EvalArgs) -> int:
     try:
         report, out = evaluate(args)
-    except (EvaluationError, FileNotFoundError, ValueError) as err:
+    except (EvaluationError, OSError, ValueError) as err:  # OSError: a model or file that cannot be read
         print(f"Evaluation stopped: {err}", file=sys.stderr)
         return 1
     print(f"\n{summary_table(report)}\n\nReport: {out / 'report.md'} (and report.json, report.png)")
