@@ -82,6 +82,20 @@ def shaped_model():
 
 
 @pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The CPU recipe as the README runs it (one epoch over the sample data), evaluated against its
+    base at the end with the quick evaluation settings (the embedded model judging on llama.cpp).
+    (run folder, the finished process)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "cpu"
+    proc = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config",
+                           str(ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"), "--output_dir", str(run_dir),
+                           "--evaluate", "true", "--evaluate_config", str(ROOT / "training" / "eval" / "quick.yaml")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+@pytest.fixture(scope="session")
 def llamacpp_service(embedded_gguf):
     from chat_runtime import ChatService, ModelSpec
 
@@ -173,10 +187,12 @@ def load_app(app_file: Path, module_name: str):
 
 
 @pytest.fixture(scope="session")
-def chatbot():
-    """The chatbot app running in this process on a free port: (module, url)."""
+def chatbot(tmp_path_factory):
+    """The chatbot app running in this process on a free port: (module, url). Its votes go to a
+    temporary file (`module.votes.path`)."""
     from chat_runtime import limits
 
+    os.environ["FINCH_VOTES_FILE"] = str(tmp_path_factory.mktemp("votes") / "votes.jsonl")
     module = load_app(ROOT / "chatbot_app" / "app.py", "finch_chatbot_app")
     port = free_port()
     module.demo.queue(max_size=limits.QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)

@@ -25,6 +25,8 @@ SCRIPTS = {
     "train_speed.py": 4,
     "story_grammar.py": 4,
     "story_rubric.py": 1,
+    "judge_speed.py": 2,
+    "compare_ttft.py": 3,
 }
 
 

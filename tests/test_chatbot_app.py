@@ -316,3 +316,27 @@ def test_the_page_refuses_blank_and_huge_messages_and_answers_every_script(chatb
     page.wait_for_timeout(300)
     wait_idle(page)
     assert page.locator(BOT).count() == 1 and last_bot_text(page).strip()
+
+
+def test_a_like_and_a_dislike_are_saved_as_preference_rows(chatbot, page):
+    import json
+
+    module, url = chatbot
+    open_chat(page, url)
+    assert "votes and likes are collected" in page.content()
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 12)
+    send(page, "Name a fruit.")
+    page.locator(BOT).first.wait_for()
+    wait_idle(page)
+    reply = last_bot_text(page)
+    before = module.votes.path.read_text().splitlines() if module.votes.path.exists() else []
+    page.get_by_label("Dislike").last.click()
+    page.wait_for_function("() => true")
+    deadline = time.time() + 10
+    while time.time() < deadline and len(module.votes.path.read_text().splitlines() if module.votes.path.exists() else []) == len(before):
+        time.sleep(0.1)
+    row = json.loads(module.votes.path.read_text().splitlines()[-1])
+    assert row["kind"] == "dislike" and row["reply"] == reply and row["model"] == module.service.engine.label
+    assert row["prompt"][0]["role"] == "system" and row["prompt"][-1] == {"role": "user", "content": "Name a fruit."}
+    assert row["settings"]["max_new_tokens"] == 12

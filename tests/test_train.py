@@ -29,15 +29,6 @@ def train(*args, env=None, timeout=900, **kwargs):
                           text=True, env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """The CPU recipe, exactly as the README runs it (one epoch over the sample data)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "cpu"
-    proc = train("--config", str(CPU_RECIPE), "--output_dir", str(run_dir))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
-
-
 @pytest.mark.trains
 def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
     run_dir, proc = trained_run

@@ -22,7 +22,7 @@ from trl import TrlParser
 
 from chat_runtime.errors import UserError, run_main
 from finetune import config as cfg
-from finetune import data, distributed, masking, report, run
+from finetune import data, distributed, evaluation, masking, report, run
 from finetune.backends import BACKENDS, cpu_substitutions, detect_device, pick_backend
 from finetune.loop import build_trainer, newest_checkpoint, sft_config
 
@@ -137,6 +137,8 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     adapter_dir = report.save_artifact(run_dir, model, tokenizer, recipe, metrics, samples, trainer.state.log_history,
                                        out.push_to_hub or f"you/{run_dir.name}", out.verify_quants if out.verify else None,
                                        state_dict)
+    if out.evaluate:
+        evaluation.evaluate_run(adapter_dir, run_dir, out.evaluate_config)
     pushed = report.push(adapter_dir, out.push_to_hub, out.private) if out.push_to_hub else None
     run.print_summary(metrics, adapter_dir, run_dir, time.time() - started, pushed)
 

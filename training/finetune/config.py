@@ -89,6 +89,11 @@ class OutputArgs:
                          "the report goes in the model card and fidelity.json", default=True)
     verify_quants: list[str] = _help("GGUF files the fidelity check exports and compares", default_factory=lambda: [
         "f16", "q8_0", "q4_k_m"])
+    evaluate: bool = _help("after training, compare the fine-tune with its base on the held-out split "
+                           "(training/evaluate.py: loss, judge scores, pairwise); the table goes in the model card",
+                           default=False)
+    evaluate_config: str | None = _help("evaluate.py settings as YAML (e.g. training/eval/quick.yaml); default: "
+                                        "its defaults", default=None)
 
 
 ARG_CLASSES = (ModelArgs, LoraArgs, DataArgs, TrainArgs, OutputArgs)

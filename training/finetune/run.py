@@ -46,7 +46,8 @@ def save_recipe(run_dir: Path, recipe: dict) -> None:
     (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
 
 
-def recipe_drift(old: dict, new: dict, ignore: tuple[str, ...] = ("push_to_hub", "private", "overwrite", "verify", "verify_quants")) -> list[str]:
+def recipe_drift(old: dict, new: dict, ignore: tuple[str, ...] = ("push_to_hub", "private", "overwrite", "verify", "verify_quants",
+                                                               "evaluate", "evaluate_config")) -> list[str]:
     """Settings that differ between the run in the folder and this command."""
     return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
