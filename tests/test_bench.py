@@ -23,6 +23,7 @@ SCRIPTS = {
     "gguf_vs_transformers.py": 2,
     "export_cost.py": 2,
     "train_speed.py": 4,
+    "dpo_speed.py": 3,
 }
 
 

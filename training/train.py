@@ -136,8 +136,9 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
         "method": pargs.method, "base_eval": report.eval_metrics(base_eval.get("loss"), method.pairs),
         "eval": report.eval_metrics(final_eval.get("eval_loss"), method.pairs),
         "train_runtime_s": round(result.metrics.get("train_runtime", 0), 1),
-        # tokens seen by all processes together
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(result.metrics.get("train_runtime", 1), 1e-9), 1),
+        # tokens seen by all processes together (None where the trainer's batches carry no input_ids: ORPO's)
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(result.metrics.get("train_runtime", 1), 1e-9), 1)
+        or None,
         "peak_memory_mb": round(run.peak_memory_mb(device.kind)), "device": device.name, "backend": backend,
         "processes": dist.processes, "strategy": dist.strategy, "global_batch_size": global_batch,
         "batch_formula": f"{targs.per_device_train_batch_size} per device x {targs.gradient_accumulation_steps} "
