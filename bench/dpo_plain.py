@@ -2,7 +2,8 @@
 except what must match Finch's CPU DPO recipe (LoRA, batch, learning rate and schedule, beta,
 seed, epochs). trl tokenizes the conversational rows itself (its own chat-template pass), builds
 the LoRA from `peft_config` and takes the adapter-disabled model as its reference, as Finch does.
-`use_cpu=True` is the one setting trl needs here (its bf16 default refuses to start on a CPU
+Finch's recipe adds an SFT term (sft_weight); the benchmark runs Finch without it (plain DPO, as trl's
+defaults). `use_cpu=True` is the one setting trl needs here (its bf16 default refuses to start on a CPU
 without it). Prints one JSON line: train_runtime, train_loss, losses.
 
     .venv/bin/python bench/dpo_plain.py --data pairs.jsonl --model <HF folder> --out /tmp/trl-dpo
@@ -18,7 +19,7 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 # Finch's CPU DPO recipe (training/recipes/cpu-smollm2-dpo.yaml): what both runs share.
-RECIPE = dict(per_device_train_batch_size=4, learning_rate=2e-4, warmup_steps=3, lr_scheduler_type="linear",
+RECIPE = dict(per_device_train_batch_size=4, learning_rate=3e-4, warmup_steps=3, lr_scheduler_type="linear",
               weight_decay=0.0, num_train_epochs=1, seed=3407, data_seed=3407, logging_steps=1, beta=0.1)
 LORA = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

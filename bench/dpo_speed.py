@@ -49,6 +49,7 @@ def run(cmd: list[str]) -> str:
 
 def finch(data: Path, out: Path) -> dict:
     run([sys.executable, "training/train.py", "--config", RECIPE, "--dataset", str(data), "--max_steps", "-1",
+         "--sft_weight", "0",  # plain DPO, the loss trl's defaults compute
          "--eval_fraction", "0", "--logging_steps", "1", "--save_steps", "100000", "--output_dir", str(out),
          "--sample_prompts", "Hi", "--sample_max_new_tokens", "1", "--verify", "false", "--overwrite", "true"])
     metrics = json.loads((out / "adapter" / "metrics.json").read_text())

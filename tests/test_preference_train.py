@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # real training runs 
 
 ROOT = Path(__file__).resolve().parents[1]
 DPO_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-dpo.yaml"
-# The recipe with fewer steps and one eval at the end; the effect shows within them.
-QUICK_DPO = ["--config", str(DPO_RECIPE), "--max_steps", "16", "--save_steps", "8", "--eval_steps", "16",
+# The recipe with fewer steps, evaluated before and after training only; the effect shows within them.
+QUICK_DPO = ["--config", str(DPO_RECIPE), "--max_steps", "16", "--save_steps", "8", "--eval_steps", "100",
              "--logging_steps", "1", "--verify", "false", "--sample_max_new_tokens", "24"]
 USER = [{"role": "user", "content": "Name a colour."}]
 

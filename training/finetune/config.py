@@ -102,6 +102,9 @@ class MethodArgs:
                         "reference)", default="sft")
     beta: float = _help("dpo: how far the tuned model may move from the reference (smaller = further); orpo: weight "
                         "of the preference term", default=0.1)
+    sft_weight: float = _help("dpo: weight of an SFT term (the chosen reply's mean negative log-likelihood) added to the "
+                              "DPO loss, as in RPO; it keeps the chosen replies likely instead of only pushing the "
+                              "rejected ones down (0 = plain DPO)", default=0.0)
     adapter: str | None = _help("start from this LoRA adapter (a run's adapter folder, e.g. runs/NAME/adapter, or a "
                                 "Hub id) and keep training it; its rank and target modules replace the lora_* "
                                 "settings. For dpo its frozen starting copy is the reference", default=None)
@@ -118,6 +121,8 @@ def check(model: ModelArgs, lora: LoraArgs, data: DataArgs, train: TrainArgs, ou
         problems.append(f"method {method.method!r} is not one of {', '.join(METHODS)}")
     if method is not None and method.beta <= 0:
         problems.append(f"beta must be positive, got {method.beta}")
+    if method is not None and method.sft_weight < 0:
+        problems.append(f"sft_weight must be >= 0, got {method.sft_weight}")
     if model.backend not in BACKENDS:
         problems.append(f"backend {model.backend!r} is not one of {', '.join(BACKENDS)}")
     if model.precision not in PRECISIONS:

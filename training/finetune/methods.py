@@ -92,7 +92,8 @@ def dpo_trainer(model, tokenizer, common: dict, pargs: MethodArgs, max_length: i
     from trl import DPOConfig
 
     # The loss already has its reference inside; trl logs the rest. (Tokens are counted by trl as num_tokens.)
-    config = DPOConfig(**common, beta=pargs.beta, max_length=max_length, precompute_ref_log_probs=False)
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, pargs.sft_weight]} if pargs.sft_weight else {}
+    config = DPOConfig(**common, beta=pargs.beta, max_length=max_length, precompute_ref_log_probs=False, **losses)
     guard, hooks = callbacks(patience, eval_ds is not None, log_dir)
     trainer = _dpo_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                            processing_class=tokenizer, callbacks=hooks)
