@@ -66,6 +66,34 @@ def bench_module(name: str):
         sys.path.remove(str(ROOT / "bench"))
 
 
+def run_train(*args, env=None, timeout=900, **kwargs) -> subprocess.CompletedProcess:
+    """`python training/train.py ARGS` from the repo root, its output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+
+
+def kill_then_resume(args: list[str], run_dir: Path, checkpoint: int, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Start train.py, SIGKILL it once `checkpoint-N` is on disk, then run the same command again (a resume)."""
+    import signal
+
+    cmd = [sys.executable, str(ROOT / "training" / "train.py"), *args, "--output_dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (run_dir / "checkpoints" / f"checkpoint-{checkpoint}" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "adapter").exists()
+    return run_train(*args, "--output_dir", str(run_dir))
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """(run_train, kill_then_resume): train.py as a user runs it, and as a killed run resumed."""
+    return run_train, kill_then_resume
+
+
 @pytest.fixture(scope="session")
 def meta_llama3():
     """Llama 3's real tokenizer (128,256 tokens), built offline by the benchmarks' helper from the

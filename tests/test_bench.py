@@ -27,6 +27,7 @@ SCRIPTS = {
     "story_rubric.py": 1,
     "judge_speed.py": 2,
     "compare_ttft.py": 3,
+    "dpo_speed.py": 3,
 }
 
 

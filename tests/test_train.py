@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -250,20 +248,11 @@ def _losses(run_dir):
 
 
 @pytest.mark.trains
-def test_a_run_killed_with_sigkill_resumes_to_the_same_final_step_and_losses(tmp_path):
+def test_a_run_killed_with_sigkill_resumes_to_the_same_final_step_and_losses(tmp_path, train_script):
     reference = tmp_path / "reference"
     assert train(*QUICK, "--output_dir", str(reference), "--save_steps", "12").returncode == 0
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "training" / "train.py"), *QUICK, "--output_dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (run_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "adapter").exists()
-    resumed = train(*QUICK, "--output_dir", str(run_dir))
+    resumed = train_script[1](QUICK, run_dir, checkpoint=8)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
     final = json.loads((run_dir / "adapter" / "metrics.json").read_text())

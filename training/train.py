@@ -1,8 +1,11 @@
-"""Fine-tune an instruct model with LoRA / QLoRA on instruction data; evaluate; save one run
-folder (adapter, tokenizer + chat template, recipe, metrics, loss plot, samples, model card).
+"""Fine-tune an instruct model with LoRA / QLoRA on instruction data (SFT) or on preference pairs
+(DPO, ORPO); evaluate; save one run folder (adapter, tokenizer + chat template, recipe, metrics,
+loss plot, samples, model card).
 
     python training/train.py                                              # production recipe (GPU, Hub)
     python training/train.py --config training/recipes/cpu-smollm2-sample.yaml   # 3 minutes on a CPU
+    python training/train.py --config training/recipes/cpu-smollm2-dpo.yaml      # DPO, a few minutes on a CPU
+    python training/train.py --method dpo --dataset votes.jsonl --adapter runs/NAME/adapter   # the chatbot's votes
     python training/train.py --config training/recipes/llama32-3b-kannada.yaml --push_to_hub you/name
     accelerate launch --config_file training/accelerate_configs/multi-gpu.yaml training/train.py   # several GPUs
 
@@ -22,9 +25,10 @@ from trl import TrlParser
 
 from chat_runtime.errors import UserError, run_main
 from finetune import config as cfg
-from finetune import data, distributed, evaluation, masking, report, run
+from finetune import distributed, evaluation, masking, report, run
 from finetune.backends import BACKENDS, cpu_substitutions, detect_device, pick_backend
-from finetune.loop import build_trainer, newest_checkpoint, sft_config
+from finetune.loop import newest_checkpoint, trainer_kwargs
+from finetune.methods import METHODS, drop_reference_copy, preference_metrics
 
 log = logging.getLogger("finch.train")
 
@@ -37,9 +41,32 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: cfg.TrainArgs, out: cfg.OutputArgs) -> None:
+def prepare_data(method, margs: cfg.ModelArgs, dargs: cfg.DataArgs, seed: int, model_path: str):
+    """Rows -> token ids for this method; a data set with nothing usable fails before any model loads."""
+    from transformers import AutoTokenizer
+
+    try:
+        prepared = method.prepare(dargs, seed)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
+        train_ds, dropped_train = method.tokenize(prepared.train, tokenizer, margs.max_seq_length, dargs.num_proc)
+        eval_ds, dropped_eval = (method.tokenize(prepared.eval, tokenizer, margs.max_seq_length, dargs.num_proc)
+                                 if prepared.eval is not None else (None, Counter()))
+        masking.check_ids_fit(train_ds, model_path, margs.trust_remote_code, method.id_columns)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        raise UserError(f"Data preparation failed, nothing was trained: {err}") from None
+    dropped = prepared.dropped + dropped_train + dropped_eval
+    log.info("data: %d train / %d eval rows; dropped %s", len(train_ds), len(eval_ds or []), dict(dropped) or "none")
+    if not len(train_ds):
+        raise UserError(f"No trainable rows left after tokenization (dropped: {dict(dropped)}). "
+                         "Raise max_seq_length or check that conversations have assistant replies.")
+    return prepared, train_ds, eval_ds, dropped
+
+
+def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: cfg.TrainArgs, out: cfg.OutputArgs,
+         pargs: cfg.MethodArgs) -> None:
     started = time.time()
-    cfg.check(margs, lora, dargs, targs, out)
+    cfg.check(margs, lora, dargs, targs, out, pargs)
+    method = METHODS[pargs.method]
     run_dir = Path(out.output_dir).expanduser().resolve()
     run.ensure_writable(run_dir)
     device = detect_device(margs.precision)
@@ -56,7 +83,7 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     backend = pick_backend(margs.backend, device, dist.processes)
     distributed.check(dist, backend, margs.load_in_4bit)
     global_batch = dist.global_batch(targs.per_device_train_batch_size, targs.gradient_accumulation_steps)
-    recipe = {**cfg.as_dict(margs, lora, dargs, targs, out), "optim": optim, "backend": backend,
+    recipe = {**cfg.as_dict(margs, lora, dargs, targs, out, pargs), "optim": optim, "backend": backend,
               "base_model_id": model_path, "device": device.name, "substitutions": {k: list(v) for k, v in changes.items()},
               "processes": dist.processes, "strategy": dist.strategy, "global_batch_size": global_batch}
 
@@ -78,41 +105,26 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
         run.save_recipe(run_dir, recipe)
 
     # Data first: a data set with nothing usable fails before any model is loaded.
-    from transformers import AutoTokenizer
-
     with dist.main_first():  # prepared once; the other processes read the datasets cache
-        try:
-            prepared = data.prepare(dargs.dataset, dargs.dataset_format, dargs.dataset_weight, dargs.eval_fraction,
-                                    targs.seed, dargs.max_rows, dargs.dataset_split, dargs.num_proc)
-            tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
-            train_ds, dropped_train = masking.tokenize(prepared.train, tokenizer, margs.max_seq_length, dargs.num_proc)
-            eval_ds, dropped_eval = (masking.tokenize(prepared.eval, tokenizer, margs.max_seq_length, dargs.num_proc)
-                                     if prepared.eval is not None else (None, Counter()))
-            masking.check_ids_fit(train_ds, model_path, margs.trust_remote_code)
-        except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-            raise UserError(f"Data preparation failed, nothing was trained: {err}") from None
-    dropped = prepared.dropped + dropped_train + dropped_eval
-    log.info("data: %d train / %d eval conversations; dropped %s", len(train_ds), len(eval_ds or []),
-             dict(dropped) or "none")
-    if not len(train_ds):
-        raise UserError(f"No trainable rows left after tokenization (dropped: {dict(dropped)}). "
-                         "Raise max_seq_length or check that conversations have assistant replies.")
+        prepared, train_ds, eval_ds, dropped = prepare_data(method, margs, dargs, targs.seed, model_path)
 
     # The trainer config comes before the model: under DeepSpeed ZeRO-3 it tells from_pretrained to shard.
-    config = sft_config(targs, run_dir, device, optim, eval_ds is not None, margs.gradient_checkpointing, dist.processes)
-    model, tokenizer = BACKENDS[backend](model_path, margs, lora, device, targs.seed,
+    common = trainer_kwargs(targs, run_dir, device, optim, eval_ds is not None, margs.gradient_checkpointing,
+                            dist.processes)
+    model, tokenizer = BACKENDS[backend](model_path, margs, lora, device, targs.seed, adapter=pargs.adapter,
                                          shards_params=dist.shards_params, local_rank=dist.local_rank)
     masking.prepare_tokenizer(tokenizer)  # the adapter ships the template and pad it was trained with
     run.ensure_space(run_dir, sum(p.numel() for p in model.parameters() if p.requires_grad), targs.save_total_limit)
-    trainer, guard = build_trainer(model, tokenizer, config, train_ds, eval_ds, targs.early_stopping_patience,
-                                   run_dir / "logs")
-    base_eval = run.base_eval(run_dir, trainer) if eval_ds is not None else None
+    trainer, guard = method.trainer(model, tokenizer, common, pargs, margs.max_seq_length, train_ds, eval_ds,
+                                    targs.early_stopping_patience, run_dir / "logs")
+    base_eval = method.base_eval(run_dir, trainer) if eval_ds is not None else {}
     result = trainer.train(resume_from_checkpoint=resume)
     if guard.bad_step is not None:
         last = newest_checkpoint(run_dir)
         raise UserError(f"The loss became NaN/inf at step {guard.bad_step}; training stopped. Last good checkpoint: "
                          f"{last or 'none yet'}. Lower learning_rate (or check the data), then rerun to resume.")
     final_eval = trainer.evaluate() if eval_ds is not None else {}
+    drop_reference_copy(model)  # the adapter saved is the trained one alone
     state_dict = distributed.full_state_dict(trainer, dist)  # gathers sharded weights: every process takes part
     if not dist.is_main:
         return
@@ -123,10 +135,12 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
     metrics = {
         "global_step": trainer.state.global_step, "final_train_loss": train_losses[-1] if train_losses else None,
         "first_train_loss": train_losses[0] if train_losses else None,
-        "base_eval": report.eval_metrics(base_eval), "eval": report.eval_metrics(final_eval.get("eval_loss")),
+        "method": pargs.method, "base_eval": report.eval_metrics(base_eval.get("loss"), method.pairs),
+        "eval": report.eval_metrics(final_eval.get("eval_loss"), method.pairs),
         "train_runtime_s": round(result.metrics.get("train_runtime", 0), 1),
-        # tokens seen by all processes together
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(result.metrics.get("train_runtime", 1), 1e-9), 1),
+        # tokens seen by all processes together (None where the trainer's batches carry no input_ids: ORPO's)
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(result.metrics.get("train_runtime", 1), 1e-9), 1)
+        or None,
         "peak_memory_mb": round(run.peak_memory_mb(device.kind)), "device": device.name, "backend": backend,
         "processes": dist.processes, "strategy": dist.strategy, "global_batch_size": global_batch,
         "batch_formula": f"{targs.per_device_train_batch_size} per device x {targs.gradient_accumulation_steps} "
@@ -134,6 +148,8 @@ def main(margs: cfg.ModelArgs, lora: cfg.LoraArgs, dargs: cfg.DataArgs, targs: c
         "rows": {"train": len(train_ds), "eval": len(eval_ds or [])}, "dropped": dict(dropped), "sources": prepared.sources,
         "log_history": trainer.state.log_history,
     }
+    if method.pairs:
+        metrics["preference"] = preference_metrics(trainer.state.log_history, base_eval, final_eval)
     adapter_dir = report.save_artifact(run_dir, model, tokenizer, recipe, metrics, samples, trainer.state.log_history,
                                        out.push_to_hub or f"you/{run_dir.name}", out.verify_quants if out.verify else None,
                                        state_dict)

@@ -92,10 +92,10 @@ def qlora_placement(dtype_name: str, shards_params: bool, local_rank: int) -> di
 
 
 def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int,
-              shards_params: bool = False, local_rank: int = 0):
-    """transformers + peft (+ bitsandbytes 4-bit on CUDA)."""
+              shards_params: bool = False, local_rank: int = 0, adapter: str | None = None):
+    """transformers + peft (+ bitsandbytes 4-bit on CUDA); a fresh LoRA, or `adapter` trained further."""
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     four_bit = margs.load_in_4bit and device.kind == "cuda"
@@ -113,11 +113,16 @@ def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device,
     elif device.kind == "cuda" and not shards_params:  # the sharder places sharded weights itself
         model = model.to(f"cuda:{local_rank}")
     torch.manual_seed(seed)
+    if adapter:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True), tokenizer
     return get_peft_model(model, lora_config(lora)), tokenizer
 
 
-def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int, **_placement):
+def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int,
+                 adapter: str | None = None, **_placement):
     """Unsloth's FastLanguageModel: its own 4-bit loading and LoRA kernels."""
+    if adapter:
+        raise SystemExit("training on from an --adapter runs on the peft backend: add --backend peft")
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(

@@ -45,7 +45,9 @@ class LoraArgs:
 class DataArgs:
     dataset: list[str] = _help("Hub dataset ids or local .jsonl/.json/.parquet/.csv files (several = a mixture)",
                                default_factory=lambda: ["mlabonne/FineTome-100k"])
-    dataset_format: list[str] = _help("per dataset: auto, sharegpt, messages, alpaca, prompt_response",
+    dataset_format: list[str] = _help("per dataset: auto, sharegpt, messages, alpaca, prompt_response; preference "
+                                      "sets (dpo, orpo; sft trains their chosen side): preference, hh, "
+                                      "ultrafeedback, votes",
                                       default_factory=lambda: ["auto"])
     dataset_weight: list[float] = _help("per dataset: fraction of its rows to use (2.0 repeats it twice)",
                                         default_factory=lambda: [1.0])
@@ -96,12 +98,37 @@ class OutputArgs:
                                         "its defaults", default=None)
 
 
-ARG_CLASSES = (ModelArgs, LoraArgs, DataArgs, TrainArgs, OutputArgs)
+METHODS = ("sft", "dpo", "orpo")
 
 
-def check(model: ModelArgs, lora: LoraArgs, data: DataArgs, train: TrainArgs, out: OutputArgs) -> None:
+@dataclass
+class MethodArgs:
+    method: str = _help("sft (learn the replies in the data), dpo (learn which of two replies people prefer, against "
+                        "a frozen reference), or orpo (SFT on the chosen reply plus an odds-ratio preference term, no "
+                        "reference)", default="sft")
+    beta: float = _help("dpo: how far the tuned model may move from the reference (smaller = further); orpo: weight "
+                        "of the preference term", default=0.1)
+    sft_weight: float = _help("dpo: weight of an SFT term (the chosen reply's mean negative log-likelihood) added to the "
+                              "DPO loss, as in RPO; it keeps the chosen replies likely instead of only pushing the "
+                              "rejected ones down (0 = plain DPO)", default=0.0)
+    adapter: str | None = _help("start from this LoRA adapter (a run's adapter folder, e.g. runs/NAME/adapter, or a "
+                                "Hub id) and keep training it; its rank and target modules replace the lora_* "
+                                "settings. For dpo its frozen starting copy is the reference", default=None)
+
+
+ARG_CLASSES = (ModelArgs, LoraArgs, DataArgs, TrainArgs, OutputArgs, MethodArgs)
+
+
+def check(model: ModelArgs, lora: LoraArgs, data: DataArgs, train: TrainArgs, out: OutputArgs,
+          method: MethodArgs | None = None) -> None:
     """Refuse impossible combinations at start, saying what to change."""
     problems = []
+    if method is not None and method.method not in METHODS:
+        problems.append(f"method {method.method!r} is not one of {', '.join(METHODS)}")
+    if method is not None and method.beta <= 0:
+        problems.append(f"beta must be positive, got {method.beta}")
+    if method is not None and method.sft_weight < 0:
+        problems.append(f"sft_weight must be >= 0, got {method.sft_weight}")
     if model.backend not in BACKEND_NAMES:
         problems.append(f"backend {model.backend!r} is not one of {', '.join(BACKEND_NAMES)}")
     if model.precision not in PRECISIONS:

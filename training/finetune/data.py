@@ -6,12 +6,15 @@ Formats (detected from the columns, or declared per source):
   messages         `messages`: [{"role": "user"|"assistant"|"system", "content": ...}]
   alpaca           `instruction`, `output` (+ optional `input`)
   prompt_response  `prompt` + `response` (or `completion`)
+A preference set (finetune.preference's formats) trains its chosen side: each prompt and the reply
+people preferred.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +146,10 @@ def _convert_batch(batch: dict, fmt: str) -> dict:
 
 def convert(dataset: Dataset, fmt: str, num_proc: int | None = None) -> tuple[Dataset, Counter]:
     """Rows -> `messages`, with bad rows dropped and counted by reason."""
+    from . import preference  # it builds on this module's row checks
+
+    if fmt in preference.FORMATS or (fmt == "auto" and preference.detect(dataset.column_names)):
+        return preference.chosen_transcripts(dataset, fmt, num_proc)
     if fmt == "auto":
         fmt = detect_format(dataset.column_names)
     converted = dataset.map(_convert_batch, fn_kwargs={"fmt": fmt}, batched=True, batch_size=2000,
@@ -154,8 +161,10 @@ def convert(dataset: Dataset, fmt: str, num_proc: int | None = None) -> tuple[Da
 
 
 def prepare(paths: list[str], formats: list[str], weights: list[float], eval_fraction: float, seed: int,
-            max_rows: int | None = None, split: str = "train", num_proc: int | None = None) -> Prepared:
-    """Load, convert, mix and split; fail before any model is loaded if nothing usable is left."""
+            max_rows: int | None = None, split: str = "train", num_proc: int | None = None,
+            converter: Callable[..., tuple[Dataset, Counter]] = convert, expected: Callable[[], str] = _expected) -> Prepared:
+    """Load, convert, mix and split; fail before any model is loaded if nothing usable is left.
+    `converter` / `expected`: the row conversion and its formats (instruction rows by default)."""
     formats = formats or ["auto"]
     weights = weights or [1.0]
     if len(formats) == 1:
@@ -170,7 +179,7 @@ def prepare(paths: list[str], formats: list[str], weights: list[float], eval_fra
             raise ValueError(f"dataset weight for {path} must be positive, got {weight}")
         raw = load_source(path, split)
         try:
-            clean, reasons = convert(raw, fmt, num_proc)
+            clean, reasons = converter(raw, fmt, num_proc)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
         dropped.update(reasons)
@@ -186,7 +195,7 @@ def prepare(paths: list[str], formats: list[str], weights: list[float], eval_fra
         columns = sorted(load_source(paths[0], split).column_names)
         raise ValueError(
             f"no usable rows in {', '.join(paths)} (dropped: {dict(dropped) or 'none'}); columns found: {columns}. "
-            f"Expected one of: {_expected()}."
+            f"Expected one of: {expected()}."
         )
     mixed = concatenate_datasets(parts).shuffle(seed=seed)
     if max_rows:

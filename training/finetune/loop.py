@@ -38,17 +38,15 @@ class NanGuard(TrainerCallback):
 MULTI_PROCESS = {"ddp_find_unused_parameters": False, "log_level_replica": "error"}
 
 
-def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool, gradient_checkpointing: bool,
-               processes: int = 1):
-    """trl SFTConfig from our recipe. Data comes tokenized with labels, so trl only batches it."""
-    from trl import SFTConfig
-
+def trainer_kwargs(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool,
+                   gradient_checkpointing: bool, processes: int = 1) -> dict:
+    """The training arguments every method shares (trl's SFT, DPO and ORPO configs all take them)."""
     evaluating = has_eval and train.eval_steps > 0
     early = bool(train.early_stopping_patience) and evaluating
     several = dict(MULTI_PROCESS) if processes > 1 else {}
     if processes > 1 and gradient_checkpointing:
         several["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    return SFTConfig(
+    return dict(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=train.per_device_train_batch_size,
         per_device_eval_batch_size=train.per_device_train_batch_size,
@@ -76,27 +74,40 @@ def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_
         fp16=device.compute_dtype == "float16",
         use_cpu=device.kind == "cpu",
         gradient_checkpointing=gradient_checkpointing,
-        max_length=None,  # already truncated during tokenization
         report_to="none",  # TensorBoard is attached in build_trainer, writing to run_dir/logs
         include_num_input_tokens_seen=True,
-        dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         disable_tqdm=False,
         **several,
     )
 
 
-def build_trainer(model, tokenizer, config, train_dataset, eval_dataset, patience: int, log_dir: Path):
-    """SFTTrainer with our callbacks: NaN guard, TensorBoard in the run folder, early stopping."""
+def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool, gradient_checkpointing: bool,
+               processes: int = 1):
+    """trl SFTConfig from our recipe. Data comes tokenized with labels, so trl only batches it."""
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_kwargs(train, run_dir, device, optim, has_eval, gradient_checkpointing, processes),
+                     max_length=None, dataset_kwargs={"skip_prepare_dataset": True})  # already truncated
+
+
+def callbacks(patience: int, has_eval: bool, log_dir: Path) -> tuple[NanGuard, list]:
+    """Every method's callbacks: NaN guard, TensorBoard in the run folder, early stopping."""
     from transformers.integrations import TensorBoardCallback
-    from trl import SFTTrainer
 
     guard = NanGuard()  # runs in every process: the logged loss is averaged over all, so all stop together
     board = TensorBoardCallback()  # opens its writer in the main process only, when it first logs
     board.logging_dir = str(log_dir)  # (also for the eval after training, which it would put in checkpoints/runs)
-    callbacks = [guard, board] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience and eval_dataset else [])
+    return guard, [guard, board] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience and has_eval else [])
+
+
+def build_trainer(model, tokenizer, config, train_dataset, eval_dataset, patience: int, log_dir: Path):
+    """SFTTrainer with our callbacks."""
+    from trl import SFTTrainer
+
+    guard, hooks = callbacks(patience, eval_dataset is not None, log_dir)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=callbacks)
+                         processing_class=tokenizer, callbacks=hooks)
     return trainer, guard
 
 

@@ -137,7 +137,8 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int | None, num_proc: int 
     return clean.remove_columns("bad_reason"), reasons
 
 
-def check_ids_fit(dataset: Dataset, model_path: str, trust_remote_code: bool = False) -> None:
+def check_ids_fit(dataset: Dataset, model_path: str, trust_remote_code: bool = False,
+                  columns: tuple[str, ...] = ("input_ids",)) -> None:
     """Refuse token ids the model has no embedding row for (its folder holds another model's
     tokenizer), which would otherwise stop the first step with an IndexError."""
     import pyarrow.compute as pc
@@ -145,7 +146,8 @@ def check_ids_fit(dataset: Dataset, model_path: str, trust_remote_code: bool = F
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).get_text_config()
     rows = getattr(config, "vocab_size", None)
-    largest = pc.max(pc.list_flatten(dataset.data.column("input_ids"))).as_py() if len(dataset) else None
+    maxima = [pc.max(pc.list_flatten(dataset.data.column(c))).as_py() for c in columns] if len(dataset) else []
+    largest = max((m for m in maxima if m is not None), default=None)
     if rows and largest is not None and largest >= rows:
         raise ValueError(f"the tokenizer gives token id {largest}, but the model's embedding has {rows} rows: the "
                          f"tokenizer in {model_path} is not the model's own. Use a model folder whose tokenizer "

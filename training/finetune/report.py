@@ -61,8 +61,11 @@ On your CPU through llama.cpp: `python gguf/export.py --adapter {repo} --quant q
 """
 
 
-def eval_metrics(loss: float | None) -> dict:
-    return {} if loss is None else {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+def eval_metrics(loss: float | None, pairs: bool = False) -> dict:
+    """Eval loss, and for SFT its perplexity (a preference loss has none)."""
+    if loss is None:
+        return {}
+    return {"loss": round(loss, 4)} if pairs else {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
 
 
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
@@ -93,7 +96,11 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
 
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and math.isfinite(e["loss"])]
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    pairs = any("rewards/accuracies" in e for e in log_history)
+    fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(12 if pairs else 7, 4), dpi=100, squeeze=False)
+    ax = axes[0][0]
+    if pairs:
+        plot_rewards(axes[0][1], log_history)
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:
@@ -105,6 +112,30 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_rewards(ax, log_history: list[dict]) -> None:
+    """Preference runs: reward accuracy and margin, train and eval, beside the loss."""
+    for key, label in (("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")):
+        for prefix, style, part in (("", "-", "train"), ("eval_", "o-", "eval")):
+            points = [(e["step"], e[prefix + key]) for e in log_history if prefix + key in e]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{part} {label}")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def preference_rows(preference: dict) -> dict:
+    """Card rows: each reward metric for the base, after training (eval) and at the last train log."""
+    from .methods import PREFERENCE_METRICS
+
+    rows = {}
+    for key, name in PREFERENCE_METRICS.items():
+        for part, label in (("base_eval", "base eval"), ("eval", "fine-tuned eval"), ("train", "last train log")):
+            if key in preference.get(part, {}):
+                rows[f"{name} ({label})"] = preference[part][key]
+    return rows
 
 
 def _table(rows: dict) -> str:
@@ -148,11 +179,12 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fide
     results = {"base eval loss": metrics.get("base_eval", {}).get("loss"), "fine-tuned eval loss": metrics.get("eval", {}).get("loss"),
                "fine-tuned eval perplexity": metrics.get("eval", {}).get("perplexity"),
                "final train loss": metrics.get("final_train_loss"), "steps": metrics.get("global_step"),
-               "train tokens/s": metrics.get("tokens_per_second"), "device": metrics.get("device")}
+               "train tokens/s": metrics.get("tokens_per_second"), "device": metrics.get("device"),
+               **preference_rows(metrics.get("preference", {}))}
     sample_md = "\n".join(f"**{s['prompt']}**\n- base: {s['base']}\n- fine-tuned: {s['fine_tuned']}\n" for s in samples)
     local = Path(base).exists()
     card_data = ModelCardData(base_model=None if local else base, library_name="peft",
-                              datasets=datasets or None, tags=["finch", "lora", "sft"], license=None)
+                              datasets=datasets or None, tags=["finch", "lora", recipe.get("method", "sft")], license=None)
     body = CARD.format(name=repo.split("/")[-1], base=base, base_link=Path(base).as_uri() if local else f"https://huggingface.co/{base}", repo=repo,
                        data=data or "-", hparams=_table(shown), metrics=_table(results), samples=sample_md or "-",
                        fidelity=fidelity)

@@ -95,6 +95,9 @@ def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: floa
         f"  throughput      {metrics['tokens_per_second']} tokens/s   peak memory {metrics['peak_memory_mb']} MiB",
         f"  train loss      {metrics['first_train_loss']} -> {metrics['final_train_loss']}",
         f"  eval loss       base {base.get('loss', '-')} -> fine-tuned {final.get('loss', '-')} (perplexity {final.get('perplexity', '-')})",
+        f"  reward accuracy base {pref['base_eval'].get('rewards/accuracies', '-')} -> fine-tuned "
+        f"{pref['eval'].get('rewards/accuracies', '-')} (eval; margin {pref['eval'].get('rewards/margins', '-')})"
+        if (pref := metrics.get("preference")) else "",
         f"  dropped rows    {metrics['dropped'] or 'none'}",
         f"  fidelity        {fidelity_line(metrics['fidelity'])}" if metrics.get("fidelity") else "",
         f"  adapter         {adapter_dir}  (chat: FINCH_ADAPTER={adapter_dir} python chatbot_app/app.py)",
