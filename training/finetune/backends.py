@@ -91,25 +91,25 @@ def qlora_placement(dtype_name: str, shards_params: bool, local_rank: int) -> di
     return {"quantization_config": quant}
 
 
-def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int,
+def load_peft(model_path: str, model_args: ModelArgs, lora: LoraArgs, device: Device, seed: int,
               shards_params: bool = False, local_rank: int = 0, adapter: str | None = None):
     """transformers + peft (+ bitsandbytes 4-bit on CUDA); a fresh LoRA, or `adapter` trained further."""
     import torch
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    four_bit = margs.load_in_4bit and device.kind == "cuda"
+    four_bit = model_args.load_in_4bit and device.kind == "cuda"
     try:
         require_safetensors(model_path, "the model")
     except ValueError as err:
         raise UserError(str(err)) from None
-    kwargs = dict(dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=margs.trust_remote_code)
+    kwargs = dict(dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=model_args.trust_remote_code)
     if four_bit:
         kwargs.update(qlora_placement(device.dtype, shards_params, local_rank))
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=margs.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_args.trust_remote_code)
     if four_bit and not shards_params:  # its fp32 upcast would break the one-dtype rule of FSDP / ZeRO-3
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=margs.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_args.gradient_checkpointing)
     elif device.kind == "cuda" and not shards_params:  # the sharder places sharded weights itself
         model = model.to(f"cuda:{local_rank}")
     torch.manual_seed(seed)
@@ -118,7 +118,7 @@ def load_peft(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device,
     return get_peft_model(model, lora_config(lora)), tokenizer
 
 
-def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Device, seed: int,
+def load_unsloth(model_path: str, model_args: ModelArgs, lora: LoraArgs, device: Device, seed: int,
                  adapter: str | None = None, **_placement):
     """Unsloth's FastLanguageModel: its own 4-bit loading and LoRA kernels."""
     if adapter:
@@ -126,26 +126,26 @@ def load_unsloth(model_path: str, margs: ModelArgs, lora: LoraArgs, device: Devi
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_path, max_seq_length=margs.max_seq_length, dtype=None, load_in_4bit=margs.load_in_4bit)
+        model_name=model_path, max_seq_length=model_args.max_seq_length, dtype=None, load_in_4bit=model_args.load_in_4bit)
     model = FastLanguageModel.get_peft_model(
         model, r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
         target_modules=list(lora.lora_target_modules), bias="none",
-        use_gradient_checkpointing="unsloth" if margs.gradient_checkpointing else False, random_state=seed)
+        use_gradient_checkpointing="unsloth" if model_args.gradient_checkpointing else False, random_state=seed)
     return model, tokenizer
 
 
 BACKENDS = {"peft": load_peft, "unsloth": load_unsloth}
 
 
-def cpu_substitutions(margs: ModelArgs, optim: str, device: Device) -> dict[str, tuple]:
+def cpu_substitutions(model_args: ModelArgs, optim: str, device: Device) -> dict[str, tuple]:
     """What a GPU recipe changes to run on CPU (same recipe, logged and saved with the run)."""
     if device.kind == "cuda":
         return {}
     changes = {}
-    if margs.load_in_4bit:
+    if model_args.load_in_4bit:
         changes["load_in_4bit"] = (True, False)  # bitsandbytes 4-bit backward is not trustworthy on CPU
     if "8bit" in optim:
         changes["optim"] = (optim, "adamw_torch")
-    if margs.gradient_checkpointing:
+    if model_args.gradient_checkpointing:
         changes["gradient_checkpointing"] = (True, False)  # memory is not the limit on CPU; it costs ~30%
     return changes

@@ -29,14 +29,14 @@ PREFERENCE_METRICS = {"rewards/accuracies": "reward accuracy", "rewards/margins"
 REFERENCE_ADAPTER = "ref"  # the name trl gives its frozen copy of a starting adapter
 
 
-def prepare_sft(dargs: DataArgs, seed: int) -> data.Prepared:
-    return data.prepare(dargs.dataset, dargs.dataset_format, dargs.dataset_weight, dargs.eval_fraction, seed,
-                        dargs.max_rows, dargs.dataset_split, dargs.num_proc)
+def prepare_sft(data_args: DataArgs, seed: int) -> data.Prepared:
+    return data.prepare(data_args.dataset, data_args.dataset_format, data_args.dataset_weight, data_args.eval_fraction, seed,
+                        data_args.max_rows, data_args.dataset_split, data_args.num_proc)
 
 
-def prepare_pairs(dargs: DataArgs, seed: int) -> data.Prepared:
-    return data.prepare(dargs.dataset, dargs.dataset_format, dargs.dataset_weight, dargs.eval_fraction, seed,
-                        dargs.max_rows, dargs.dataset_split, dargs.num_proc, converter=preference.convert,
+def prepare_pairs(data_args: DataArgs, seed: int) -> data.Prepared:
+    return data.prepare(data_args.dataset, data_args.dataset_format, data_args.dataset_weight, data_args.eval_fraction, seed,
+                        data_args.max_rows, data_args.dataset_split, data_args.num_proc, converter=preference.convert,
                         expected=preference.expected)
 
 
