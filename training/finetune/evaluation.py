@@ -466,8 +466,10 @@ def plot(report: dict) -> bytes:
     xs = [1, 2, 3, 4, 5]
     for offset, side in ((-0.2, "base"), (0.2, "finetuned")):
         counts = [sum(r[f"{side}_score"] == x for r in report["rows"]) for x in xs]
-        left.bar([x + offset for x in xs], counts, width=0.4, label=f"{side} (mean {_cell(report[side]['mean_score'])})")
-    left.set(xlabel="judge score", ylabel="replies", title="Score distribution", xticks=xs)
+        left.bar([x + offset for x in xs], counts, width=0.4,
+                 label=f"{side} (mean {_cell(report[side]['mean_score'])}, {report[side]['unparsed']} unparsed)")
+    left.set(xlabel="judge score", ylabel="replies", title="Score distribution", xticks=xs,
+             ylim=(0, max(1, report["prompts"]) + 0.5))
     left.legend()
     keys = ("win", "tie", "loss", "unparsed")
     right.bar(keys, [report["pairwise"][k] for k in keys], color=["tab:green", "tab:gray", "tab:red", "tab:olive"])
