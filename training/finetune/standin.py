@@ -57,7 +57,10 @@ SOURCES = {
                       added=("<|im_start|>", "<|im_end|>", "<|finetune_right_pad_id|>"), ignore_merges=True),
 }
 FAMILY_NAMES = tuple(SOURCES)
-SENTENCEPIECE = ("llama-spm", "phi-3")  # vocabularies llama.cpp's converter reads as tokenizer.model
+SENTENCEPIECE = ("llama-spm", "phi-3")
+# Vocabularies whose control tokens strip the whitespace after them (Phi-3's tokenizer.json, and
+# llama.cpp's rule for Phi-3), but these.
+RSTRIP_CONTROLS = {"phi-3": ("<unk>", "<s>", "<|endoftext|>")}  # vocabularies llama.cpp's converter reads as tokenizer.model
 
 
 class StandinError(RuntimeError):
@@ -90,7 +93,7 @@ def extract(names: list[str], dest: Path) -> None:
 
 def _vocab_tokenizer(vocab: str, ignore_merges: bool) -> Path:
     """A tokenizer folder read once from ggml-vocab-<vocab>.gguf (slow: tens of seconds) and cached."""
-    folder = embedded.cache_dir() / "standin" / f"{sdist().name.removesuffix('.tar.gz')}-{vocab}"
+    folder = embedded.cache_dir() / "standin" / f"{sdist().name.removesuffix('.tar.gz')}-{vocab}-2"
     if (folder / "tokenizer_config.json").is_file():
         return folder
     from transformers import AutoTokenizer
@@ -105,13 +108,16 @@ def _vocab_tokenizer(vocab: str, ignore_merges: bool) -> Path:
         spec = json.loads(spec_file.read_text())
         if ignore_merges:  # a word in the vocabulary is taken whole, as Meta's tokenizer.json says
             spec["model"]["ignore_merges"] = True
-        if _legacy_prepend(spec):
-            # transformers reads this SentencePiece vocabulary with the legacy normalizer, which puts a
-            # "▁" after every control token; llama.cpp (and SentencePiece itself) add it only at the start
-            # of the text, as transformers' non-legacy Metaspace("first") does: use that.
-            spec["normalizer"] = None
-            spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first",
-                                     "split": False}
+        if (spec.get("pre_tokenizer") or {}).get("type") == "Metaspace":
+            # A SentencePiece vocabulary the way Llama 2 / Mistral / Phi-3 ship it (and llama.cpp
+            # tokenizes): "▁" before the text and after every control token, not only at the start.
+            spec["normalizer"] = {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u2581"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+            spec["pre_tokenizer"] = None
+        if vocab in RSTRIP_CONTROLS:  # Phi-3's control tokens eat the whitespace after them
+            for token in spec["added_tokens"]:
+                token["rstrip"] = token["special"] and token["content"] not in RSTRIP_CONTROLS[vocab]
         spec_file.write_text(json.dumps(spec, ensure_ascii=False))
         try:
             os.replace(Path(tmp) / "out", folder)
@@ -160,11 +166,6 @@ def warm() -> None:
             _vocab_tokenizer(source.vocab, source.ignore_merges)
 
 
-def _legacy_prepend(spec: dict) -> bool:
-    normalizers = (spec.get("normalizer") or {}).get("normalizers") or []
-    return any(n.get("type") == "Prepend" for n in normalizers)
-
-
 def tokenizer(family: str):
     """The family's stand-in tokenizer: real vocabulary, real chat template, the real model's specials."""
     from transformers import AutoTokenizer
@@ -179,6 +180,7 @@ def tokenizer(family: str):
     if not source.dummy_prefix:  # as llama.cpp's Gemma vocabulary and Gemma's own tokenizer do
         from tokenizers import pre_tokenizers
 
+        tok.backend_tokenizer.normalizer = None
         tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never",
                                                                        split=False)
     for key, value in source.special.items():
