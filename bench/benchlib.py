@@ -22,8 +22,18 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "tokenizers", "llama-cpp-python", "gradio",
-            "gradio_client", "numpy")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "tokenizers",
+    "llama-cpp-python",
+    "gradio",
+    "gradio_client",
+    "numpy",
+)
 
 
 def cache() -> Path:
@@ -39,8 +49,10 @@ def header(title: str) -> None:
     """Print what the numbers depend on: machine, cores, load, versions."""
     versions = ", ".join(f"{p} {_version(p)}" for p in PACKAGES if _version(p))
     print(f"# {title}")
-    print(f"# {platform.processor() or platform.machine()} {cpu_model()}, {len(os.sched_getaffinity(0))} cores, python "
-          f"{platform.python_version()}")
+    print(
+        f"# {platform.processor() or platform.machine()} {cpu_model()}, {len(os.sched_getaffinity(0))} cores, python "
+        f"{platform.python_version()}"
+    )
     print(f"# {versions}")
     print(f"# load average at start: {load()}")
 
@@ -166,15 +178,35 @@ def shaped_gguf(shape: str, quant: str) -> Path:
     if not path.is_file():
         hf = shaped_hf(shape)
         print(f"# exporting {shape} to {', '.join(SHAPED_QUANTS)} with gguf/export.py (once)", flush=True)
-        cmd = [sys.executable, str(ROOT / "gguf" / "export.py"), "--model", str(hf), "--quant", *SHAPED_QUANTS,
-               "--output_dir", str(folder), "--name", shape]
+        cmd = [
+            sys.executable,
+            str(ROOT / "gguf" / "export.py"),
+            "--model",
+            str(hf),
+            "--quant",
+            *SHAPED_QUANTS,
+            "--output_dir",
+            str(folder),
+            "--name",
+            shape,
+        ]
         load_before = load()
         seconds, peak_mib, result = run_peak_rss(cmd)
         if result.returncode != 0:
             raise RuntimeError(f"export of {shape} failed:\n{result.stdout[-2000:]}")
-        (folder / "export-cost.json").write_text(json.dumps(
-            {"seconds": seconds, "peak_rss_mib": peak_mib, "load_before": load_before, "load_after": load(),
-             "command": " ".join(cmd), "summary": result.stdout.strip().splitlines()[-8:]}, indent=1))
+        (folder / "export-cost.json").write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "peak_rss_mib": peak_mib,
+                    "load_before": load_before,
+                    "load_after": load(),
+                    "command": " ".join(cmd),
+                    "summary": result.stdout.strip().splitlines()[-8:],
+                },
+                indent=1,
+            )
+        )
     return path
 
 

@@ -21,8 +21,10 @@ import time
 import benchlib
 
 SYSTEM = "You are a helpful, friendly assistant. Answer clearly and in detail."
-MESSAGE = ("I am planning a week-long trip to the mountains in autumn with two friends. We like hiking, cooking and "
-           "photography. Describe a day-by-day plan, what to pack, and how to stay safe on the trails.")
+MESSAGE = (
+    "I am planning a week-long trip to the mountains in autumn with two friends. We like hiking, cooking and "
+    "photography. Describe a day-by-day plan, what to pack, and how to stay safe on the trails."
+)
 
 
 def timed(stream, count_tokens) -> dict[str, float]:
@@ -56,12 +58,17 @@ def main() -> None:
     gguf = args.gguf or str(embedded.gguf_path())
     benchlib.header(f"chat engine: Finch runtime vs raw llama-cpp-python on {os.path.basename(gguf)}")
     service = ChatService.from_spec(ModelSpec(gguf=gguf))
-    raw = Llama(model_path=gguf, n_ctx=service.engine.context_tokens, n_threads=len(os.sched_getaffinity(0)),
-                verbose=False)
+    raw = Llama(
+        model_path=gguf, n_ctx=service.engine.context_tokens, n_threads=len(os.sched_getaffinity(0)), verbose=False
+    )
     params = validate(temperature=0, max_new_tokens=args.max_new_tokens, repetition_penalty=1.0)
-    prompt_ids = service.engine.encode_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": MESSAGE}])
-    print(f"# prompt {len(prompt_ids)} tokens, {args.max_new_tokens} new tokens, greedy, threads "
-          f"{raw.n_threads} (runtime: {service.engine.llm.n_threads})")
+    prompt_ids = service.engine.encode_chat(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": MESSAGE}]
+    )
+    print(
+        f"# prompt {len(prompt_ids)} tokens, {args.max_new_tokens} new tokens, greedy, threads "
+        f"{raw.n_threads} (runtime: {service.engine.llm.n_threads})"
+    )
     count = lambda text: len(raw.tokenize(text.encode(), add_bos=False, special=True))  # noqa: E731
 
     def runtime() -> dict[str, float]:
@@ -69,8 +76,9 @@ def main() -> None:
 
     def plain() -> dict[str, float]:
         raw.reset()
-        chunks = raw.create_completion(prompt=prompt_ids, max_tokens=args.max_new_tokens, temperature=0.0,
-                                       repeat_penalty=1.0, stream=True)
+        chunks = raw.create_completion(
+            prompt=prompt_ids, max_tokens=args.max_new_tokens, temperature=0.0, repeat_penalty=1.0, stream=True
+        )
         return timed((c["choices"][0]["text"] for c in chunks), count)
 
     runtime(), plain()  # warm-up: first calls page weights in
@@ -94,7 +102,7 @@ def _deltas(replies):
     """ChatService yields the reply so far; the timer wants the new text of each step."""
     seen = ""
     for reply in replies:
-        yield reply.text[len(seen):]
+        yield reply.text[len(seen) :]
         seen = reply.text
 
 

@@ -51,8 +51,13 @@ def main() -> None:
         def chatbot() -> dict[str, float]:
             single.reset_session()
             start = time.perf_counter()
-            job = single.submit(message=MESSAGE, system_prompt=SYSTEM, temperature=0,
-                                max_new_tokens=args.max_new_tokens, api_name="/chat")
+            job = single.submit(
+                message=MESSAGE,
+                system_prompt=SYSTEM,
+                temperature=0,
+                max_new_tokens=args.max_new_tokens,
+                api_name="/chat",
+            )
             first = next(time.perf_counter() for partial in job if partial)
             job.result()
             return {"first_ms": 1000 * (first - start), "both_ms": 1000 * (first - start)}

@@ -31,8 +31,12 @@ SIGNS = [chr(c) for c in range(0x0CBE, 0x0CCC)]  # vowel signs
 
 
 def words(rng: random.Random, low: int, high: int) -> str:
-    return " ".join("".join(rng.choice(LETTERS) + (rng.choice(SIGNS) if rng.random() < 0.6 else "")
-                            for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(low, high)))
+    return " ".join(
+        "".join(
+            rng.choice(LETTERS) + (rng.choice(SIGNS) if rng.random() < 0.6 else "") for _ in range(rng.randint(1, 4))
+        )
+        for _ in range(rng.randint(low, high))
+    )
 
 
 def synthetic_set(rows: int):
@@ -73,12 +77,20 @@ def tokenizer_floor(tokenizer, path, rows: int = 20_000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=FULL_ROWS)
-    parser.add_argument("--num_proc", type=int, default=None,
-                        help="data processes (default: train.py's: one per core for a large set through tiktoken, "
-                             "else one, whose Rust tokenizer uses every core)")
+    parser.add_argument(
+        "--num_proc",
+        type=int,
+        default=None,
+        help="data processes (default: train.py's: one per core for a large set through tiktoken, "
+        "else one, whose Rust tokenizer uses every core)",
+    )
     parser.add_argument("--max_seq_length", type=int, default=2048)
-    parser.add_argument("--tokenizer", choices=["llama3", "embedded"], default="llama3",
-                        help="llama3: the Kannada recipe's (Llama 3.2); embedded: SmolLM2's")
+    parser.add_argument(
+        "--tokenizer",
+        choices=["llama3", "embedded"],
+        default="llama3",
+        help="llama3: the Kannada recipe's (Llama 3.2); embedded: SmolLM2's",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 4,000 rows")
     args = parser.parse_args()
     if args.quick:
@@ -90,13 +102,16 @@ def main() -> None:
     from chat_runtime import embedded
     from finetune import data, fastbpe, masking
 
-    benchlib.header(f"data preparation: {args.rows:,} Kannada-like alpaca rows, num_proc {args.num_proc or 'auto'}, "
-                    f"{args.tokenizer} tokenizer")
+    benchlib.header(
+        f"data preparation: {args.rows:,} Kannada-like alpaca rows, num_proc {args.num_proc or 'auto'}, "
+        f"{args.tokenizer} tokenizer"
+    )
     path = synthetic_set(args.rows)
     datasets.disable_caching()  # time the work, not a cache hit from an earlier run
     datasets.disable_progress_bars()
-    tokenizer = AutoTokenizer.from_pretrained(benchlib.llama3_tokenizer() if args.tokenizer == "llama3"
-                                              else embedded.hf_dir())
+    tokenizer = AutoTokenizer.from_pretrained(
+        benchlib.llama3_tokenizer() if args.tokenizer == "llama3" else embedded.hf_dir()
+    )
     floor = tokenizer_floor(tokenizer, path)
     start = time.perf_counter()
     prepared = data.prepare([str(path)], ["auto"], [1.0], 0.05, 3407, num_proc=args.num_proc)
@@ -105,16 +120,27 @@ def main() -> None:
     evals, _ = masking.tokenize(prepared.eval, tokenizer, args.max_seq_length, args.num_proc)
     end = time.perf_counter()
     tokens = sum(len(ids) for ids in train["input_ids"])
-    print(f"# load/detect/convert/split {converted - start:.1f} s; template+tokenize {end - converted:.1f} s; "
-          f"{len(train):,} train + {len(evals):,} eval rows, {tokens:,} train tokens, dropped {dict(dropped) or 'none'}")
+    print(
+        f"# load/detect/convert/split {converted - start:.1f} s; template+tokenize {end - converted:.1f} s; "
+        f"{len(train):,} train + {len(evals):,} eval rows, {tokens:,} train tokens, dropped {dict(dropped) or 'none'}"
+    )
     print(f"# {args.rows / (end - start):,.0f} rows/s; load average at end: {benchlib.load()}")
     encode = masking.encoder(tokenizer)
-    print(f"# encoder: {'tiktoken' if isinstance(encode, fastbpe.TiktokenBPE) else 'the Rust tokenizer'}, "
-          f"{masking.processes(args.num_proc, len(prepared.train), encode) or 1} process(es) for the train set")
-    print(f"# the Rust tokenizer alone on the same text (no template), every core, projected to 390k rows: {floor:.0f} s")
+    print(
+        f"# encoder: {'tiktoken' if isinstance(encode, fastbpe.TiktokenBPE) else 'the Rust tokenizer'}, "
+        f"{masking.processes(args.num_proc, len(prepared.train), encode) or 1} process(es) for the train set"
+    )
+    print(
+        f"# the Rust tokenizer alone on the same text (no template), every core, projected to 390k rows: {floor:.0f} s"
+    )
     projected = (end - start) * FULL_ROWS / args.rows
-    benchlib.ratio(f"data prep seconds for 390k rows ({'measured' if args.rows == FULL_ROWS else 'projected'})",
-                   projected, 120, higher_is_better=False, unit=" s")
+    benchlib.ratio(
+        f"data prep seconds for 390k rows ({'measured' if args.rows == FULL_ROWS else 'projected'})",
+        projected,
+        120,
+        higher_is_better=False,
+        unit=" s",
+    )
     # The whole preparation (reading, converting, templating, masks, Arrow) against the Rust tokenizer's
     # share alone: below 1 since tiktoken and worker processes.
     benchlib.result("data prep time / Rust-tokenizer-alone time", projected / floor, "x")

@@ -19,10 +19,26 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 # Finch's CPU DPO recipe (training/recipes/cpu-smollm2-dpo.yaml): what both runs share.
-RECIPE = dict(per_device_train_batch_size=4, learning_rate=3e-4, warmup_steps=3, lr_scheduler_type="linear",
-              weight_decay=0.0, num_train_epochs=1, seed=3407, data_seed=3407, logging_steps=1, beta=0.1)
-LORA = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+RECIPE = dict(
+    per_device_train_batch_size=4,
+    learning_rate=3e-4,
+    warmup_steps=3,
+    lr_scheduler_type="linear",
+    weight_decay=0.0,
+    num_train_epochs=1,
+    seed=3407,
+    data_seed=3407,
+    logging_steps=1,
+    beta=0.1,
+)
+LORA = LoraConfig(
+    r=16,
+    lora_alpha=32,
+    lora_dropout=0.0,
+    bias="none",
+    task_type="CAUSAL_LM",
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+)
 
 
 def main() -> None:
@@ -37,9 +53,18 @@ def main() -> None:
     trainer = DPOTrainer(model=args.model, args=config, train_dataset=train, peft_config=LORA)
     result = trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    print(json.dumps({"train_runtime": result.metrics["train_runtime"], "train_loss": result.metrics["train_loss"],
-                      "losses": losses, "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
-                      "max_length": config.max_length}))
+    print(
+        json.dumps(
+            {
+                "train_runtime": result.metrics["train_runtime"],
+                "train_loss": result.metrics["train_loss"],
+                "losses": losses,
+                "bf16": config.bf16,
+                "gradient_checkpointing": config.gradient_checkpointing,
+                "max_length": config.max_length,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,13 @@ def epoch_tokens(data: Path, model: str) -> int:
     from finetune import data as finch_data
     from finetune import preference, preference_tokens
 
-    prepared = finch_data.prepare([str(data)], ["auto"], [1.0], 0.0, 3407, converter=preference.convert,
-                                  expected=preference.expected)
+    prepared = finch_data.prepare(
+        [str(data)], ["auto"], [1.0], 0.0, 3407, converter=preference.convert, expected=preference.expected
+    )
     rows, _ = preference_tokens.tokenize(prepared.train, AutoTokenizer.from_pretrained(model), 192)
-    return sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"]))
+    return sum(
+        2 * len(p) + len(c) + len(r) for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"])
+    )
 
 
 def run(cmd: list[str]) -> str:
@@ -48,17 +51,56 @@ def run(cmd: list[str]) -> str:
 
 
 def finch(data: Path, out: Path) -> dict:
-    run([sys.executable, "training/train.py", "--config", RECIPE, "--dataset", str(data), "--max_steps", "-1",
-         "--sft_weight", "0",  # plain DPO, the loss trl's defaults compute
-         "--eval_fraction", "0", "--logging_steps", "1", "--save_steps", "100000", "--output_dir", str(out),
-         "--sample_prompts", "Hi", "--sample_max_new_tokens", "1", "--verify", "false", "--overwrite", "true"])
+    run(
+        [
+            sys.executable,
+            "training/train.py",
+            "--config",
+            RECIPE,
+            "--dataset",
+            str(data),
+            "--max_steps",
+            "-1",
+            "--sft_weight",
+            "0",  # plain DPO, the loss trl's defaults compute
+            "--eval_fraction",
+            "0",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "100000",
+            "--output_dir",
+            str(out),
+            "--sample_prompts",
+            "Hi",
+            "--sample_max_new_tokens",
+            "1",
+            "--verify",
+            "false",
+            "--overwrite",
+            "true",
+        ]
+    )
     metrics = json.loads((out / "adapter" / "metrics.json").read_text())
     summary = metrics["log_history"][-1]
-    return {"train_runtime": summary["train_runtime"], "train_loss": summary["train_loss"], "precision": metrics["device"]}
+    return {
+        "train_runtime": summary["train_runtime"],
+        "train_loss": summary["train_loss"],
+        "precision": metrics["device"],
+    }
 
 
 def trl(data: Path, out: Path, model: str) -> dict:
-    cmd = [sys.executable, str(benchlib.BENCH / "dpo_plain.py"), "--data", str(data), "--model", model, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(benchlib.BENCH / "dpo_plain.py"),
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--out",
+        str(out),
+    ]
     return json.loads(run(cmd).strip().splitlines()[-1])
 
 
@@ -84,16 +126,25 @@ def main() -> None:
         precision = {}
 
         def measured(name: str, result: dict) -> dict[str, float]:
-            precision[name] = result.get("precision") or f"bf16 {result['bf16']}, gradient checkpointing " \
-                                                          f"{result['gradient_checkpointing']}"
-            return {"runtime_s": result["train_runtime"], "tok_s": tokens / result["train_runtime"],
-                    "mean_loss": result["train_loss"]}
+            precision[name] = (
+                result.get("precision")
+                or f"bf16 {result['bf16']}, gradient checkpointing {result['gradient_checkpointing']}"
+            )
+            return {
+                "runtime_s": result["train_runtime"],
+                "tok_s": tokens / result["train_runtime"],
+                "mean_loss": result["train_loss"],
+            }
 
-        sides = {"finch train.py --method dpo": lambda: measured("finch train.py --method dpo", finch(data, tmp / "finch")),
-                 "trl DPOTrainer defaults": lambda: measured("trl DPOTrainer defaults", trl(data, tmp / "trl", model))}
+        sides = {
+            "finch train.py --method dpo": lambda: measured("finch train.py --method dpo", finch(data, tmp / "finch")),
+            "trl DPOTrainer defaults": lambda: measured("trl DPOTrainer defaults", trl(data, tmp / "trl", model)),
+        }
         runs = benchlib.interleaved(sides, args.rounds)
-    print(f"# {args.rows} pairs, {tokens} real tokens per epoch, medians of {args.rounds} round(s); "
-          f"load average at end: {benchlib.load()}")
+    print(
+        f"# {args.rows} pairs, {tokens} real tokens per epoch, medians of {args.rounds} round(s); "
+        f"load average at end: {benchlib.load()}"
+    )
     print(f"{'run':30} {'runtime s':>10} {'tokens/s':>9} {'mean loss':>10}  precision")
     for name, r in runs.items():
         print(f"{name:30} {r['runtime_s']:10.1f} {r['tok_s']:9.1f} {r['mean_loss']:10.4f}  {precision[name]}")

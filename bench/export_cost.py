@@ -38,13 +38,25 @@ def main() -> None:
     benchlib.header("export cost: merge + convert + quantize (gguf/export.py)")
     adapter = make_adapter(str(embedded.hf_dir()), "embedded")
     with tempfile.TemporaryDirectory(prefix="finch-export-bench-") as out:
-        cmd = [sys.executable, str(benchlib.ROOT / "gguf" / "export.py"), "--adapter", str(adapter),
-               "--model", str(embedded.hf_dir()), "--quant", *args.quants, "--output_dir", out,
-               "--no_verify"]  # the cost is merge + convert + quantize; the fidelity check is its own step
+        cmd = [
+            sys.executable,
+            str(benchlib.ROOT / "gguf" / "export.py"),
+            "--adapter",
+            str(adapter),
+            "--model",
+            str(embedded.hf_dir()),
+            "--quant",
+            *args.quants,
+            "--output_dir",
+            out,
+            "--no_verify",
+        ]  # the cost is merge + convert + quantize; the fidelity check is its own step
         seconds, peak, result = benchlib.run_peak_rss(cmd)
     if result.returncode != 0:
         raise SystemExit(f"export failed:\n{result.stdout[-2000:]}")
-    bare_s, bare_mib, _ = benchlib.run_peak_rss([sys.executable, "-c", "import torch, transformers, peft, gguf_export.pipeline"])
+    bare_s, bare_mib, _ = benchlib.run_peak_rss(
+        [sys.executable, "-c", "import torch, transformers, peft, gguf_export.pipeline"]
+    )
     steps = next((line for line in result.stdout.splitlines() if line.startswith("steps:")), "")
     print(f"# embedded + LoRA -> {', '.join(args.quants)}: {seconds:.1f} s wall, peak RSS {peak:,.0f} MiB; {steps}")
     print(f"# bare start (imports only): {bare_s:.1f} s, {bare_mib:,.0f} MiB; load average at end: {benchlib.load()}")
@@ -57,8 +69,10 @@ def main() -> None:
     built = benchlib.cache() / "llama-3.2-1b-gguf" / "export-cost.json"
     if built.is_file():
         cost = json.loads(built.read_text())
-        print(f"{'llama-3.2-1b':14} {PARAMS['llama-3.2-1b'] / 1e9:7.2f}B {cost['seconds']:8.0f} {cost['peak_rss_mib']:9,.0f}  "
-              f"measured: convert + q8_0 + q4_k_m, no merge (load {cost['load_before']} -> {cost['load_after']})")
+        print(
+            f"{'llama-3.2-1b':14} {PARAMS['llama-3.2-1b'] / 1e9:7.2f}B {cost['seconds']:8.0f} {cost['peak_rss_mib']:9,.0f}  "
+            f"measured: convert + q8_0 + q4_k_m, no merge (load {cost['load_before']} -> {cost['load_after']})"
+        )
     benchlib.result("embedded export wall time", seconds, "s")
     benchlib.result("embedded export peak RSS", peak, "MiB")
 

@@ -36,8 +36,12 @@ def make_adapter(base: str, name: str):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                                "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
@@ -55,7 +59,9 @@ def merged_gguf(adapter, name: str, quant: str):
 
     path = benchlib.cache() / f"{name}-merged" / f"{name}-{quant}.gguf"
     if not path.is_file():
-        run_export(adapter=str(adapter), model=None, output_dir=path.parent, name=name, quants=[quant], cache=cache_dir())
+        run_export(
+            adapter=str(adapter), model=None, output_dir=path.parent, name=name, quants=[quant], cache=cache_dir()
+        )
     return path
 
 
@@ -77,9 +83,15 @@ def hf_decode(model, prompt_ids: list[int], max_new_tokens: int) -> float:
 
     clock = Clock()
     with torch.inference_mode():
-        model.generate(input_ids=torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                       max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False, streamer=clock,
-                       pad_token_id=model.config.eos_token_id)
+        model.generate(
+            input_ids=torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            streamer=clock,
+            pad_token_id=model.config.eos_token_id,
+        )
     return (len(clock.times) - 2) / (clock.times[-1] - clock.times[1])
 
 
@@ -96,14 +108,19 @@ def compare(label: str, base: str, quant: str, reps: int, max_new_tokens: int, g
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": MESSAGE}]
     prompt_ids = engine.encode_chat(messages)  # the same template and tokenizer on both sides
-    sides = {"transformers fp32 + peft": lambda: {"decode_tok_s": hf_decode(model, prompt_ids, max_new_tokens)},
-             f"llama.cpp {quant} (merged)": lambda: {
-                 "decode_tok_s": benchlib.llamacpp_decode(engine, messages, max_new_tokens)}}
+    sides = {
+        "transformers fp32 + peft": lambda: {"decode_tok_s": hf_decode(model, prompt_ids, max_new_tokens)},
+        f"llama.cpp {quant} (merged)": lambda: {
+            "decode_tok_s": benchlib.llamacpp_decode(engine, messages, max_new_tokens)
+        },
+    }
     for side in sides.values():
         side()  # warm-up
     results = benchlib.interleaved(sides, reps)
-    print(f"## {label}: {max_new_tokens} new tokens, torch threads {torch.get_num_threads()}, llama.cpp threads "
-          f"{engine.llm.n_threads}, load average {benchlib.load()}")
+    print(
+        f"## {label}: {max_new_tokens} new tokens, torch threads {torch.get_num_threads()}, llama.cpp threads "
+        f"{engine.llm.n_threads}, load average {benchlib.load()}"
+    )
     benchlib.table(results)
     hf_speed, gguf_speed = (r["decode_tok_s"] for r in results.values())
     benchlib.ratio(f"{label} gguf/transformers decode tok/s", gguf_speed / hf_speed, 3.0)
@@ -123,8 +140,14 @@ def main() -> None:
 
     benchlib.header("serving a fine-tune on CPU: GGUF (llama.cpp) vs transformers fp32 + peft")
     compare("embedded", str(embedded.hf_dir()), "q8_0", args.reps, args.max_new_tokens)
-    compare(args.shape, str(benchlib.shaped_hf(args.shape)), "q4_k_m", args.reps, args.max_new_tokens,
-            gguf=benchlib.shaped_gguf(args.shape, "q4_k_m"))
+    compare(
+        args.shape,
+        str(benchlib.shaped_hf(args.shape)),
+        "q4_k_m",
+        args.reps,
+        args.max_new_tokens,
+        gguf=benchlib.shaped_gguf(args.shape, "q4_k_m"),
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ import urllib.request
 import uuid
 from contextlib import closing
 
-import httpx
-
 import benchlib
+import httpx
 
 SYSTEM = "You are a helpful assistant."
 MESSAGE = "Give me three tips for learning a new language."
@@ -43,8 +42,13 @@ def free_port() -> int:
 
 def start_app(port: int) -> subprocess.Popen:
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=benchlib.ROOT / "chatbot_app", env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=benchlib.ROOT / "chatbot_app",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -80,8 +84,9 @@ def wire_ttft(http: httpx.Client, base: str, fn_index: int, data: list) -> float
     """Seconds from joining the queue to the first streamed output on the SSE wire."""
     session = uuid.uuid4().hex
     start = time.perf_counter()
-    http.post(f"{base}/gradio_api/queue/join",
-              json={"data": data, "fn_index": fn_index, "session_hash": session}).raise_for_status()
+    http.post(
+        f"{base}/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session}
+    ).raise_for_status()
     first = None
     with http.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}) as events:
         for line in events.iter_lines():
@@ -118,15 +123,23 @@ def main() -> None:
         service = ChatService.from_spec()  # the same FINCH_* environment (default: embedded GGUF) as the app
         params = validate(temperature=0, max_new_tokens=args.max_new_tokens)
         base = f"http://127.0.0.1:{port}"
-        fn_index, data = wire_request(base, "chat", {"message": MESSAGE, "system_prompt": SYSTEM, "temperature": 0,
-                                                     "max_new_tokens": args.max_new_tokens})
+        fn_index, data = wire_request(
+            base,
+            "chat",
+            {"message": MESSAGE, "system_prompt": SYSTEM, "temperature": 0, "max_new_tokens": args.max_new_tokens},
+        )
         http = httpx.Client(timeout=120)
 
         def gradio() -> dict[str, float]:
             client.reset_session()  # a fresh conversation each round, same prompt
             start = time.perf_counter()
-            job = client.submit(message=MESSAGE, system_prompt=SYSTEM, temperature=0,
-                                max_new_tokens=args.max_new_tokens, api_name="/chat")
+            job = client.submit(
+                message=MESSAGE,
+                system_prompt=SYSTEM,
+                temperature=0,
+                max_new_tokens=args.max_new_tokens,
+                api_name="/chat",
+            )
             first = next(time.perf_counter() for partial in job if partial)
             job.result()
             return {"ttft_ms": 1000 * (first - start)}
@@ -141,8 +154,9 @@ def main() -> None:
             return {"ttft_ms": 1000 * wire_ttft(http, base, fn_index, data)}
 
         gradio(), wire(), runtime()  # warm-up
-        results = benchlib.interleaved({"gradio_client -> app": gradio, "SSE wire -> app": wire,
-                                        "runtime alone": runtime}, args.reps)
+        results = benchlib.interleaved(
+            {"gradio_client -> app": gradio, "SSE wire -> app": wire, "runtime alone": runtime}, args.reps
+        )
     finally:
         app.terminate()
         app.wait(10)
@@ -152,8 +166,7 @@ def main() -> None:
     added = results["gradio_client -> app"]["ttft_ms"] - alone
     benchlib.ratio("gradio added time to first token", added, 50, higher_is_better=False, unit=" ms")
     server = results["SSE wire -> app"]["ttft_ms"] - alone
-    benchlib.ratio("gradio server added time to first token (SSE wire)", server, 50, higher_is_better=False,
-                   unit=" ms")
+    benchlib.ratio("gradio server added time to first token (SSE wire)", server, 50, higher_is_better=False, unit=" ms")
     # gradio_client reads the event stream in one thread and hands events over through a deque that
     # another thread polls every 50 ms (gradio_client/utils.py, stream_sse_v1plus), so its share is
     # about 30 ms of threads and HTTP plus 0-50 ms of waiting for the next poll.

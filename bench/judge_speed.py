@@ -17,13 +17,26 @@ import time
 import benchlib
 
 PROMPTS = [
-    "What is the capital of France?", "Give me one tip for learning a new language.", "What is 12 + 30?",
-    "Write a haiku about the sea.", "Explain what a LoRA adapter is in one sentence.", "Name three primary colours.",
-    "How many legs does a spider have?", "What does a thermometer measure?", "Suggest a name for a pet turtle.",
-    "Why is the sky blue?", "Translate 'good morning' into Spanish.", "What is the boiling point of water in Celsius?",
-    "Give me a synonym for 'happy'.", "Who wrote Romeo and Juliet?", "What is photosynthesis, briefly?",
-    "Recommend one healthy breakfast.", "What is the largest planet in the solar system?",
-    "How do I reverse a list in Python?", "What is a prime number?", "Describe a cat in five words.",
+    "What is the capital of France?",
+    "Give me one tip for learning a new language.",
+    "What is 12 + 30?",
+    "Write a haiku about the sea.",
+    "Explain what a LoRA adapter is in one sentence.",
+    "Name three primary colours.",
+    "How many legs does a spider have?",
+    "What does a thermometer measure?",
+    "Suggest a name for a pet turtle.",
+    "Why is the sky blue?",
+    "Translate 'good morning' into Spanish.",
+    "What is the boiling point of water in Celsius?",
+    "Give me a synonym for 'happy'.",
+    "Who wrote Romeo and Juliet?",
+    "What is photosynthesis, briefly?",
+    "Recommend one healthy breakfast.",
+    "What is the largest planet in the solar system?",
+    "How do I reverse a list in Python?",
+    "What is a prime number?",
+    "Describe a cat in five words.",
 ]
 
 
@@ -55,12 +68,18 @@ def main() -> None:
     start = time.perf_counter()
     for prompt, (a, b) in zip(prompts, replies):
         conversation = [{"role": "user", "content": prompt}]
-        answers = [judge.score(conversation, a)[0], judge.score(conversation, b)[0],
-                   judge.compare(conversation, a, b)[0], judge.compare(conversation, b, a)[0]]
+        answers = [
+            judge.score(conversation, a)[0],
+            judge.score(conversation, b)[0],
+            judge.compare(conversation, a, b)[0],
+            judge.compare(conversation, b, a)[0],
+        ]
         calls += len(answers)
         parsed += sum(x is not None for x in answers)
     seconds = time.perf_counter() - start
-    print(f"# {len(prompts)} pairs, {calls} judge calls, {parsed} answers parsed; load average at end: {benchlib.load()}")
+    print(
+        f"# {len(prompts)} pairs, {calls} judge calls, {parsed} answers parsed; load average at end: {benchlib.load()}"
+    )
     benchlib.result("seconds per judged pair (2 scores + 2 orders)", seconds / len(prompts), "s")
     benchlib.result("seconds per judge call", seconds / calls, "s")
 

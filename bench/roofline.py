@@ -47,12 +47,15 @@ def main() -> None:
         def run() -> dict[str, float]:
             bandwidth.append(benchlib.read_bandwidth(threads, reps=3))
             return {"tok_s": benchlib.llamacpp_decode(engine, PROMPT, args.max_new_tokens)}
+
         return run
 
     results = benchlib.interleaved({q: side(e) for q, e in engines.items()}, args.reps)
     bw = statistics.median(bandwidth)
-    print(f"# threads {threads}; read bandwidth {bw / 1e9:.1f} GB/s (median of {len(bandwidth)}, numpy sum, "
-          f"{threads} threads); {args.max_new_tokens} new tokens; load average at end: {benchlib.load()}")
+    print(
+        f"# threads {threads}; read bandwidth {bw / 1e9:.1f} GB/s (median of {len(bandwidth)}, numpy sum, "
+        f"{threads} threads); {args.max_new_tokens} new tokens; load average at end: {benchlib.load()}"
+    )
     print(f"{'quant':8} {'file MB':>9} {'read/token MB':>14} {'roofline tok/s':>15} {'measured tok/s':>15}")
     for quant, engine in engines.items():
         total, per_token = benchlib.gguf_weight_bytes(benchlib.shaped_gguf(args.shape, quant))

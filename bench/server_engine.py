@@ -51,7 +51,9 @@ def restart_after_cancel(service: ChatService) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="llama.cpp threads, both sides")
+    parser.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="llama.cpp threads, both sides"
+    )
     parser.add_argument("--runs", type=int, default=3, help="replies measured per engine")
     parser.add_argument("--max_new_tokens", type=int, default=128, help="tokens per reply")
     args = parser.parse_args()
@@ -59,9 +61,27 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "bench",
-                               "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
-                               "--n_ctx", "4096"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--model_alias",
+            "bench",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_threads",
+            str(args.threads),
+            "--n_ctx",
+            "4096",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while True:
             try:
@@ -70,8 +90,10 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.3)
         os.environ["FINCH_THREADS"] = str(args.threads)
-        engines = {"llamacpp (in process)": ModelSpec(gguf=gguf),
-                   "server (llama_cpp.server)": ModelSpec(server_url=f"http://127.0.0.1:{port}/v1", server_model="bench")}
+        engines = {
+            "llamacpp (in process)": ModelSpec(gguf=gguf),
+            "server (llama_cpp.server)": ModelSpec(server_url=f"http://127.0.0.1:{port}/v1", server_model="bench"),
+        }
         for name, spec in engines.items():
             service = ChatService.from_spec(spec)
             measure(service, 8)  # warm up
@@ -79,7 +101,9 @@ def main() -> None:
             ttft = statistics.median(r[0] for r in runs)
             rate = statistics.median(r[1] for r in runs)
             again = statistics.median(restart_after_cancel(service) for _ in range(args.runs))
-            print(f"{name:28s} first piece {ttft * 1000:6.0f} ms  {rate:6.1f} pieces/s  next reply after cancel {again * 1000:6.0f} ms")
+            print(
+                f"{name:28s} first piece {ttft * 1000:6.0f} ms  {rate:6.1f} pieces/s  next reply after cancel {again * 1000:6.0f} ms"
+            )
     finally:
         server.terminate()
         server.wait(10)

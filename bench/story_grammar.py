@@ -23,8 +23,12 @@ from pathlib import Path
 import benchlib
 
 ROOT = Path(__file__).resolve().parents[1]
-TITLES = [("The lighthouse keeper's last winter", "mystery", "gloomy"), ("Signal from Europa", "science fiction", "tense"),
-          ("The Dragon Who Sneezed Glitter", "fairy tale", "funny"), ("The Captain's Last Map", "pirate adventure", "hopeful")]
+TITLES = [
+    ("The lighthouse keeper's last winter", "mystery", "gloomy"),
+    ("Signal from Europa", "science fiction", "tense"),
+    ("The Dragon Who Sneezed Glitter", "fairy tale", "funny"),
+    ("The Captain's Last Map", "pirate adventure", "hopeful"),
+]
 
 
 def timed_turn(service, system_prompt: str, request: str, params, count_tokens) -> dict[str, float]:
@@ -40,14 +44,20 @@ def timed_turn(service, system_prompt: str, request: str, params, count_tokens) 
             first = time.perf_counter()
     end = time.perf_counter()
     tokens = count_tokens(text)
-    return {"first_scene_token_s": first - start, "turn_s": end - start,
-            "decode_tok_s": (tokens - 1) / (end - first), "tokens": tokens}
+    return {
+        "first_scene_token_s": first - start,
+        "turn_s": end - start,
+        "decode_tok_s": (tokens - 1) / (end - first),
+        "tokens": tokens,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", default=None, help="GGUF to run (default: the embedded SmolLM2 Q4_1)")
-    parser.add_argument("--reps", type=int, default=5, help="rounds; each tells every title once per side, order alternating")
+    parser.add_argument(
+        "--reps", type=int, default=5, help="rounds; each tells every title once per side, order alternating"
+    )
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 titles, 96 tokens")
     args = parser.parse_args()
@@ -67,13 +77,16 @@ def main() -> None:
     constrained = replace(free, grammar=turn_grammar(args.max_new_tokens))
     requests = [Story.new(*title).opening_request() for title in titles]
     count = lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=True))  # noqa: E731
-    print(f"# {len(titles)} titles x {args.reps} rounds, up to {args.max_new_tokens} new tokens, greedy, "
-          f"threads {llm.n_threads}")
+    print(
+        f"# {len(titles)} titles x {args.reps} rounds, up to {args.max_new_tokens} new tokens, greedy, "
+        f"threads {llm.n_threads}"
+    )
 
     def side(params):
         def run() -> dict[str, float]:
             turns = [timed_turn(service, system_prompt, request, params, count) for request in requests]
             return {metric: sum(t[metric] for t in turns) / len(turns) for metric in turns[0]}
+
         return run
 
     side(free)()  # warm-up: the first calls page the weights in
@@ -83,8 +96,12 @@ def main() -> None:
     grammar, plain = results["turn grammar"], results["free text"]
     benchlib.result("per-turn time with the grammar", 1000 * grammar["turn_s"], "ms")
     benchlib.result("per-turn time without", 1000 * plain["turn_s"], "ms")
-    benchlib.ratio("grammar/free time to first scene token", grammar["first_scene_token_s"] / plain["first_scene_token_s"],
-                   1.10, higher_is_better=False)
+    benchlib.ratio(
+        "grammar/free time to first scene token",
+        grammar["first_scene_token_s"] / plain["first_scene_token_s"],
+        1.10,
+        higher_is_better=False,
+    )
     benchlib.ratio("grammar/free decode tok/s", grammar["decode_tok_s"] / plain["decode_tok_s"], 0.90)
 
 

@@ -24,16 +24,26 @@ import benchlib
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLES = [
-    ("The lighthouse keeper's last winter", "mystery", "gloomy"), ("The Dragon Who Sneezed Glitter", "fairy tale", "funny"),
-    ("Signal from Europa", "science fiction", "tense"), ("The Captain's Last Map", "pirate adventure", "hopeful"),
-    ("The Whispering Stairs", "ghost story", "eerie"), ("Crown of Ash", "fantasy", "tense"),
-    ("The Missing Violin", "mystery", "whimsical"), ("The Robot Who Dreamed", "science fiction", "hopeful"),
-    ("The Giant's Garden", "fairy tale", "whimsical"), ("Storm over Tortuga", "pirate adventure", "tense"),
-    ("The Last Train at Midnight", "ghost story", "gloomy"), ("The Silver Forest", "fantasy", "hopeful"),
-    ("Fog on Elm Street", "mystery", "eerie"), ("Station Nine", "science fiction", "gloomy"),
-    ("The Paper Crown", "fairy tale", "hopeful"), ("The Mermaid's Bargain", "pirate adventure", "funny"),
-    ("The House on Crow Hill", "ghost story", "funny"), ("The Frozen Throne", "fantasy", "eerie"),
-    ("A Cat Named Tuesday", "", ""), ("The Bakery at the End of Time", "comedy", "cosy"),
+    ("The lighthouse keeper's last winter", "mystery", "gloomy"),
+    ("The Dragon Who Sneezed Glitter", "fairy tale", "funny"),
+    ("Signal from Europa", "science fiction", "tense"),
+    ("The Captain's Last Map", "pirate adventure", "hopeful"),
+    ("The Whispering Stairs", "ghost story", "eerie"),
+    ("Crown of Ash", "fantasy", "tense"),
+    ("The Missing Violin", "mystery", "whimsical"),
+    ("The Robot Who Dreamed", "science fiction", "hopeful"),
+    ("The Giant's Garden", "fairy tale", "whimsical"),
+    ("Storm over Tortuga", "pirate adventure", "tense"),
+    ("The Last Train at Midnight", "ghost story", "gloomy"),
+    ("The Silver Forest", "fantasy", "hopeful"),
+    ("Fog on Elm Street", "mystery", "eerie"),
+    ("Station Nine", "science fiction", "gloomy"),
+    ("The Paper Crown", "fairy tale", "hopeful"),
+    ("The Mermaid's Bargain", "pirate adventure", "funny"),
+    ("The House on Crow Hill", "ghost story", "funny"),
+    ("The Frozen Throne", "fantasy", "eerie"),
+    ("A Cat Named Tuesday", "", ""),
+    ("The Bakery at the End of Time", "comedy", "cosy"),
 ]
 META = re.compile(r"\b(story|stories|title|scene|genre|tone|choices?|narrator)\b", re.IGNORECASE)
 YOU = re.compile(r"\byou(r|rs|rself)?\b", re.IGNORECASE)
@@ -42,9 +52,13 @@ CHECKS = ("shape", "you", "story", "distinct", "actions")
 
 def rubric(turn, copies_dropped: int) -> dict[str, int]:
     """The five checks of one turn (1 = met)."""
-    return {"shape": int(turn.choices_from == "model"), "you": int(bool(YOU.search(turn.scene))),
-            "story": int(not META.search(turn.scene)), "distinct": int(len(set(turn.choices)) >= 3),
-            "actions": int(copies_dropped == 0)}
+    return {
+        "shape": int(turn.choices_from == "model"),
+        "you": int(bool(YOU.search(turn.scene))),
+        "story": int(not META.search(turn.scene)),
+        "distinct": int(len(set(turn.choices)) >= 3),
+        "actions": int(copies_dropped == 0),
+    }
 
 
 def score(service, system_prompt: str, titles, max_new_tokens: int) -> dict[str, float]:
@@ -78,8 +92,10 @@ def main() -> None:
 
     system_prompt = (ROOT / "storymaker_app" / "system_prompt.md").read_text(encoding="utf-8").strip()
     base = base_of_adapter(args.adapter) if args.adapter else str(embedded.hf_dir())
-    benchlib.header(f"story rubric: {len(titles)} opening turns, base {Path(base).name}"
-                    + (f" vs adapter {args.adapter}" if args.adapter else ""))
+    benchlib.header(
+        f"story rubric: {len(titles)} opening turns, base {Path(base).name}"
+        + (f" vs adapter {args.adapter}" if args.adapter else "")
+    )
     rows = {"base": score(ChatService.from_spec(ModelSpec(base=base)), system_prompt, titles, args.max_new_tokens)}
     if args.adapter:
         adapted = ChatService.from_spec(ModelSpec(adapter=args.adapter))

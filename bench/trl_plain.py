@@ -23,10 +23,25 @@ from trl import SFTConfig, SFTTrainer
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 # Finch's CPU recipe (training/recipes/cpu-smollm2-sample.yaml): what both runs share.
-RECIPE = dict(per_device_train_batch_size=4, learning_rate=5e-4, warmup_steps=5, lr_scheduler_type="linear",
-              weight_decay=0.01, num_train_epochs=1, seed=3407, data_seed=3407, logging_steps=1)
-LORA = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+RECIPE = dict(
+    per_device_train_batch_size=4,
+    learning_rate=5e-4,
+    warmup_steps=5,
+    lr_scheduler_type="linear",
+    weight_decay=0.01,
+    num_train_epochs=1,
+    seed=3407,
+    data_seed=3407,
+    logging_steps=1,
+)
+LORA = LoraConfig(
+    r=16,
+    lora_alpha=32,
+    lora_dropout=0.0,
+    bias="none",
+    task_type="CAUSAL_LM",
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+)
 
 
 def finch_rows(data: str, model: str) -> Dataset:
@@ -67,14 +82,25 @@ def main() -> None:
     else:
         train = load_dataset("json", data_files=args.data, split="train").map(
             lambda row: {"messages": [{"role": ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]},
-            remove_columns=["conversations"])
+            remove_columns=["conversations"],
+        )
     config = SFTConfig(output_dir=args.out, use_cpu=True, report_to="none", save_strategy="no", **RECIPE)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, peft_config=peft_config)
     result = trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    print(json.dumps({"train_runtime": result.metrics["train_runtime"], "train_loss": result.metrics["train_loss"],
-                      "losses": losses, "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
-                      "max_length": config.max_length, "padding_free": config.padding_free}))
+    print(
+        json.dumps(
+            {
+                "train_runtime": result.metrics["train_runtime"],
+                "train_loss": result.metrics["train_loss"],
+                "losses": losses,
+                "bf16": config.bf16,
+                "gradient_checkpointing": config.gradient_checkpointing,
+                "max_length": config.max_length,
+                "padding_free": config.padding_free,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def respond(message, history, system_prompt, temperature, top_p, max_new_tokens,
         yield notice(err)
         return
     if first.dropped_messages:
-        gr.Warning(f"The conversation is longer than the model's context: the {first.dropped_messages} oldest "
-                   "messages were left out of this reply (the system prompt is kept).")
+        gr.Warning(
+            f"The conversation is longer than the model's context: the {first.dropped_messages} oldest "
+            "messages were left out of this reply (the system prompt is kept)."
+        )
     text = ""
     try:
         for reply in stream:
@@ -97,8 +99,9 @@ def settings_inputs() -> list:
 
 
 def settings_of(temperature, top_p, max_new_tokens, repetition_penalty):
-    return validate(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                    repetition_penalty=repetition_penalty)
+    return validate(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty
+    )
 
 
 def on_like(data: gr.LikeData, history, system_prompt, *settings):
@@ -120,9 +123,18 @@ def chat_page() -> gr.Blocks:
         gr.ChatInterface(
             respond,
             chatbot=chatbot,
-            textbox=api_raw(gr.Textbox(placeholder="Type a message...", elem_id="chat-input", submit_btn=True,
-                                       stop_btn=True, autofocus=True, scale=7, render=False),
-                            lambda payload: "" if payload is None else str(payload)),
+            textbox=api_raw(
+                gr.Textbox(
+                    placeholder="Type a message...",
+                    elem_id="chat-input",
+                    submit_btn=True,
+                    stop_btn=True,
+                    autofocus=True,
+                    scale=7,
+                    render=False,
+                ),
+                lambda payload: "" if payload is None else str(payload),
+            ),
             additional_inputs=inputs,
             additional_inputs_accordion=gr.Accordion("Generation settings", open=False, render=False),
             fill_height=True,
@@ -157,8 +169,12 @@ def respond_pair(message, system_prompt, *settings):
         return
     for pair in stream_pair(compare, message, system_prompt, params):
         yield side_view(message, pair.left), side_view(message, pair.right), None, *locked
-    done = {"prompt": prompt, "left": (compare["left"].engine.label, pair.left.text),
-            "right": (compare["right"].engine.label, pair.right.text), "params": params}
+    done = {
+        "prompt": prompt,
+        "left": (compare["left"].engine.label, pair.left.text),
+        "right": (compare["right"].engine.label, pair.right.text),
+        "params": params,
+    }
     yield side_view(message, pair.left), side_view(message, pair.right), done, *[gr.update(interactive=True)] * 3
 
 
@@ -168,13 +184,16 @@ def vote(choice: str):
             votes.add(compare_row(done["prompt"], done["left"], done["right"], choice, done["params"]))
             gr.Info("Thanks: your vote is saved.")
         return None, *[gr.update(interactive=False)] * 3
+
     return record
 
 
 def compare_page() -> gr.Blocks:
     with gr.Blocks(title="Finch chatbot: compare", fill_height=True) as page:
-        gr.Markdown("## Finch chatbot: which answer is better?\nBoth models answer each prompt on its own, with the "
-                    f"same settings.\n\n{votes.notice}")
+        gr.Markdown(
+            "## Finch chatbot: which answer is better?\nBoth models answer each prompt on its own, with the "
+            f"same settings.\n\n{votes.notice}"
+        )
         with gr.Row():
             left = gr.Chatbot(label=f"Left: {compare['left'].engine.label}", elem_id="left-chat", height=420)
             right = gr.Chatbot(label=f"Right: {compare['right'].engine.label}", elem_id="right-chat", height=420)
@@ -183,15 +202,24 @@ def compare_page() -> gr.Blocks:
             send = gr.Button("Send", variant="primary", elem_id="compare-send", scale=1)
             stop = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=1)
         with gr.Row():
-            buttons = [gr.Button(text, interactive=False, elem_id=f"vote-{choice}")
-                       for choice, text in (("left", "👈 Left is better"), ("tie", "🤝 Tie"), ("right", "Right is better 👉"))]
+            buttons = [
+                gr.Button(text, interactive=False, elem_id=f"vote-{choice}")
+                for choice, text in (("left", "👈 Left is better"), ("tie", "🤝 Tie"), ("right", "Right is better 👉"))
+            ]
         with gr.Accordion("Generation settings", open=False):
             inputs = [component.render() for component in settings_inputs()]
         done = gr.State(None)
         outputs = [left, right, done, *buttons]
-        events = [trigger(respond_pair, [box, *inputs], outputs, api_name=name,
-                          concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS)
-                  for trigger, name in ((send.click, "compare"), (box.submit, False))]
+        events = [
+            trigger(
+                respond_pair,
+                [box, *inputs],
+                outputs,
+                api_name=name,
+                concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS,
+            )
+            for trigger, name in ((send.click, "compare"), (box.submit, False))
+        ]
         stop.click(None, None, None, cancels=events)
         for button, choice in zip(buttons, ("left", "tie", "right")):
             button.click(vote(choice), [done], [done, *buttons], api_name=False)

@@ -29,21 +29,35 @@ def _range(name: str) -> str:
 
 @dataclass
 class ChatArgs:
-    gguf: str | None = field(default=None, metadata={"help": "GGUF file: a path or owner/repo/file.gguf; unset: the embedded model"})
-    lora_gguf: str | None = field(default=None, metadata={"help": "a LoRA GGUF to apply on top (from gguf/export.py --lora_gguf)"})
-    system_prompt: str | None = field(default=None, metadata={"help": "system prompt; unset: the model template's own, if any"})
+    gguf: str | None = field(
+        default=None, metadata={"help": "GGUF file: a path or owner/repo/file.gguf; unset: the embedded model"}
+    )
+    lora_gguf: str | None = field(
+        default=None, metadata={"help": "a LoRA GGUF to apply on top (from gguf/export.py --lora_gguf)"}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "system prompt; unset: the model template's own, if any"}
+    )
     temperature: float = field(default=DEFAULTS.temperature, metadata={"help": f"0 = greedy; {_range('temperature')}"})
     top_p: float = field(default=DEFAULTS.top_p, metadata={"help": f"nucleus sampling; {_range('top_p')}"})
-    max_new_tokens: int = field(default=DEFAULTS.max_new_tokens, metadata={"help": f"longest reply; {_range('max_new_tokens')}"})
-    repetition_penalty: float = field(default=DEFAULTS.repetition_penalty, metadata={"help": f"1 = none; {_range('repetition_penalty')}"})
+    max_new_tokens: int = field(
+        default=DEFAULTS.max_new_tokens, metadata={"help": f"longest reply; {_range('max_new_tokens')}"}
+    )
+    repetition_penalty: float = field(
+        default=DEFAULTS.repetition_penalty, metadata={"help": f"1 = none; {_range('repetition_penalty')}"}
+    )
 
 
 def main(args: ChatArgs) -> int:
     from gguf_export.repl import ChatSession, run
 
     try:
-        params = validate(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                          repetition_penalty=args.repetition_penalty)
+        params = validate(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            repetition_penalty=args.repetition_penalty,
+        )
         if args.lora_gguf and not args.gguf:
             raise ValueError("--lora_gguf needs --gguf: the GGUF of the base model the LoRA was trained on")
         service = ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=args.gguf, gguf_lora=args.lora_gguf))

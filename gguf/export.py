@@ -34,20 +34,41 @@ log = logging.getLogger("finch.export")
 
 @dataclass
 class ExportArgs:
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter to export: a folder or a Hub id (its base is read from it)"})
-    model: str | None = field(default=None, metadata={"help": "a full model to export (folder or Hub id); with --adapter: the base to merge into"})
-    output_dir: str = field(default="outputs/gguf", metadata={"help": "folder for the GGUF files, README.md and Modelfile"})
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter to export: a folder or a Hub id (its base is read from it)"}
+    )
+    model: str | None = field(
+        default=None,
+        metadata={"help": "a full model to export (folder or Hub id); with --adapter: the base to merge into"},
+    )
+    output_dir: str = field(
+        default="outputs/gguf", metadata={"help": "folder for the GGUF files, README.md and Modelfile"}
+    )
     name: str | None = field(default=None, metadata={"help": "file name stem; unset: the adapter's or model's name"})
-    quant: list[str] = field(default_factory=lambda: [DEFAULT_QUANT],
-                             metadata={"help": f"one or more of {', '.join(QUANTS)}"})
-    lora_gguf: bool = field(default=False, metadata={"help": "also write the adapter alone as a LoRA GGUF ({name}-lora-f16.gguf)"})
-    merge_dtype: str = field(default="float16", metadata={"help": "dtype of the merge: float16 (what the GGUF holds), bfloat16 or float32"})
-    llama_cpp_dir: str | None = field(default=None, metadata={"help": "use the converters of this llama.cpp checkout instead of the cached ones"})
-    push_to_hub: str | None = field(default=None, metadata={"help": "upload the files, card and Modelfile to this model repo (owner/name)"})
+    quant: list[str] = field(
+        default_factory=lambda: [DEFAULT_QUANT], metadata={"help": f"one or more of {', '.join(QUANTS)}"}
+    )
+    lora_gguf: bool = field(
+        default=False, metadata={"help": "also write the adapter alone as a LoRA GGUF ({name}-lora-f16.gguf)"}
+    )
+    merge_dtype: str = field(
+        default="float16", metadata={"help": "dtype of the merge: float16 (what the GGUF holds), bfloat16 or float32"}
+    )
+    llama_cpp_dir: str | None = field(
+        default=None, metadata={"help": "use the converters of this llama.cpp checkout instead of the cached ones"}
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "upload the files, card and Modelfile to this model repo (owner/name)"}
+    )
     private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
     verbose: bool = field(default=False, metadata={"help": "show the converter's and quantizer's own output"})
-    verify: bool = field(default=True, metadata={"help": "with --adapter: check that the files answer like the adapter "
-                                                          "(gguf/verify.py) and put the report in the card"})
+    verify: bool = field(
+        default=True,
+        metadata={
+            "help": "with --adapter: check that the files answer like the adapter "
+            "(gguf/verify.py) and put the report in the card"
+        },
+    )
 
 
 def verify_export(result, output_dir: Path) -> str:
@@ -67,9 +88,16 @@ def main(args: ExportArgs) -> int:
     quants = parse_quants(args.quant)  # an unknown name stops here, before any work
     output_dir = Path(args.output_dir).expanduser()
     result = run_export(
-        adapter=args.adapter, model=args.model, output_dir=output_dir, name=args.name, quants=quants,
-        lora_gguf=args.lora_gguf, llama_cpp_dir=args.llama_cpp_dir, merge_dtype=args.merge_dtype,
-        cache=cache_dir(), verbose=args.verbose,
+        adapter=args.adapter,
+        model=args.model,
+        output_dir=output_dir,
+        name=args.name,
+        quants=quants,
+        lora_gguf=args.lora_gguf,
+        llama_cpp_dir=args.llama_cpp_dir,
+        merge_dtype=args.merge_dtype,
+        cache=cache_dir(),
+        verbose=args.verbose,
     )
     fidelity = verify_export(result, output_dir) if args.verify and args.adapter else ""
     extras = write_card_and_modelfile(result, output_dir, args.push_to_hub, fidelity)

@@ -29,13 +29,23 @@ from gguf_export.verify import AGREE_TOKENS, MAX_NEW_TOKENS, PROMPTS, save, veri
 class VerifyArgs:
     adapter: str = field(metadata={"help": "LoRA adapter: a folder or a Hub id (its base is read from it)"})
     model: str | None = field(default=None, metadata={"help": "base model to use instead of the one the adapter names"})
-    quant: list[str] = field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"],
-                             metadata={"help": f"GGUF hops to export and check, from {', '.join(QUANTS)}"})
-    gguf_dir: str | None = field(default=None, metadata={"help": "check the *-QUANT.gguf files of an earlier export here instead of exporting"})
-    prompts_file: str | None = field(default=None, metadata={"help": "a text file of prompts, one per line (default: 10 built-in prompts)"})
+    quant: list[str] = field(
+        default_factory=lambda: ["f16", "q8_0", "q4_k_m"],
+        metadata={"help": f"GGUF hops to export and check, from {', '.join(QUANTS)}"},
+    )
+    gguf_dir: str | None = field(
+        default=None, metadata={"help": "check the *-QUANT.gguf files of an earlier export here instead of exporting"}
+    )
+    prompts_file: str | None = field(
+        default=None, metadata={"help": "a text file of prompts, one per line (default: 10 built-in prompts)"}
+    )
     agree_tokens: int = field(default=AGREE_TOKENS, metadata={"help": "tokens compared per prompt"})
-    max_new_tokens: int = field(default=MAX_NEW_TOKENS, metadata={"help": "a reply still going after this many tokens did not stop"})
-    report: str | None = field(default=None, metadata={"help": "also write the full report (every reply's ids and text) as JSON here"})
+    max_new_tokens: int = field(
+        default=MAX_NEW_TOKENS, metadata={"help": "a reply still going after this many tokens did not stop"}
+    )
+    report: str | None = field(
+        default=None, metadata={"help": "also write the full report (every reply's ids and text) as JSON here"}
+    )
 
 
 def existing_ggufs(folder: Path, quants: list[str]) -> dict[str, Path]:
@@ -44,8 +54,10 @@ def existing_ggufs(folder: Path, quants: list[str]) -> dict[str, Path]:
     for quant in quants:
         files = sorted(folder.glob(f"*-{quant}.gguf"))
         if len(files) != 1:
-            raise ExportError(f"expected one *-{quant}.gguf in {folder}, found {len(files)}: pass --quant with the "
-                              "quantizations that folder holds, or drop --gguf_dir to export afresh")
+            raise ExportError(
+                f"expected one *-{quant}.gguf in {folder}, found {len(files)}: pass --quant with the "
+                "quantizations that folder holds, or drop --gguf_dir to export afresh"
+            )
         found[quant] = files[0]
     return found
 
@@ -58,16 +70,26 @@ def main(args: VerifyArgs) -> int:
         if not prompts:
             raise ExportError(f"{args.prompts_file} holds no prompt: write one per line")
     ggufs = existing_ggufs(Path(args.gguf_dir).expanduser(), quants) if args.gguf_dir else None
-    report = verify_adapter(args.adapter, ggufs, model=args.model, quants=quants, prompts=prompts,
-                            agree_tokens=args.agree_tokens, max_new_tokens=args.max_new_tokens)
+    report = verify_adapter(
+        args.adapter,
+        ggufs,
+        model=args.model,
+        quants=quants,
+        prompts=prompts,
+        agree_tokens=args.agree_tokens,
+        max_new_tokens=args.max_new_tokens,
+    )
     print(report.table())
     if args.report:
         save(report, Path(args.report))
         print(f"\nfull report: {args.report}")
     reference = report.hops[0]
     if not all(reference.ended):
-        print(f"\n{len(reference.ended) - sum(reference.ended)} replies of the fine-tune did not end within "
-              f"{args.max_new_tokens} tokens: check that training kept EOS in the labels", file=sys.stderr)
+        print(
+            f"\n{len(reference.ended) - sum(reference.ended)} replies of the fine-tune did not end within "
+            f"{args.max_new_tokens} tokens: check that training kept EOS in the labels",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

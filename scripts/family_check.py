@@ -30,11 +30,36 @@ MESSAGES = [
     {"role": "user", "content": "Name a colour."},
     {"role": "assistant", "content": "Blue."},
 ]
-TRAIN_ARGS = ["--dataset", str(ROOT / "training" / "data" / "sample_sharegpt.jsonl"), "--max_rows", "8",
-              "--max_steps", "2", "--max_seq_length", "128", "--per_device_train_batch_size", "2",
-              "--eval_fraction", "0", "--logging_steps", "1", "--save_steps", "1000", "--verify", "false",
-              "--sample_max_new_tokens", "2", "--load_in_4bit", "false", "--optim", "adamw_torch",
-              "--gradient_checkpointing", "false", "--precision", "fp32"]
+TRAIN_ARGS = [
+    "--dataset",
+    str(ROOT / "training" / "data" / "sample_sharegpt.jsonl"),
+    "--max_rows",
+    "8",
+    "--max_steps",
+    "2",
+    "--max_seq_length",
+    "128",
+    "--per_device_train_batch_size",
+    "2",
+    "--eval_fraction",
+    "0",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "1000",
+    "--verify",
+    "false",
+    "--sample_max_new_tokens",
+    "2",
+    "--load_in_4bit",
+    "false",
+    "--optim",
+    "adamw_torch",
+    "--gradient_checkpointing",
+    "false",
+    "--precision",
+    "fp32",
+]
 QUANTS = ["f16", "q8_0"]
 
 
@@ -55,8 +80,19 @@ def train(family_name: str, model_dir: Path, run_dir: Path) -> Path:
     from chat_runtime.families import BY_NAME
 
     targets = list(BY_NAME[family_name].lora_target_modules)
-    cmd = [sys.executable, str(ROOT / "training" / "train.py"), "--model", str(model_dir), "--output_dir", str(run_dir),
-           "--overwrite", "true", "--lora_target_modules", *targets, *TRAIN_ARGS]
+    cmd = [
+        sys.executable,
+        str(ROOT / "training" / "train.py"),
+        "--model",
+        str(model_dir),
+        "--output_dir",
+        str(run_dir),
+        "--overwrite",
+        "true",
+        "--lora_target_modules",
+        *targets,
+        *TRAIN_ARGS,
+    ]
     log_file = run_dir.parent / "train.log"
     with open(log_file, "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -69,8 +105,13 @@ def train_ids(tokenizer) -> list[int]:
     """The ids training uses for MESSAGES: training's own batch tokenizer on the saved tokenizer."""
     from finetune import masking
 
-    row = masking._tokenize_batch({"messages": [MESSAGES]}, tokenizer.chat_template, tokenizer.special_tokens_map,
-                                  masking.RustBatch(tokenizer), None)
+    row = masking._tokenize_batch(
+        {"messages": [MESSAGES]},
+        tokenizer.chat_template,
+        tokenizer.special_tokens_map,
+        masking.RustBatch(tokenizer),
+        None,
+    )
     if row["bad_reason"][0]:
         raise RuntimeError(f"training refused the conversation: {row['bad_reason'][0]}")
     return row["input_ids"][0]
@@ -80,13 +121,19 @@ def llamacpp_own_prompt(engine, messages) -> list[int]:
     """llama.cpp's own rendering of the GGUF's template (llama-cpp-python's Jinja formatter), tokenized by llama.cpp."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    formatter = Jinja2ChatFormatter(engine.template, eos_token=engine.special_tokens["eos_token"],
-                                    bos_token=engine.special_tokens["bos_token"], add_generation_prompt=True)
+    formatter = Jinja2ChatFormatter(
+        engine.template,
+        eos_token=engine.special_tokens["eos_token"],
+        bos_token=engine.special_tokens["bos_token"],
+        add_generation_prompt=True,
+    )
     text = formatter(messages=messages).prompt
     return engine.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
 
 def check(family_name: str, out: Path) -> dict:
+    from transformers import AutoTokenizer
+
     from chat_runtime import ModelSpec
     from chat_runtime.embedded import cache_dir
     from chat_runtime.engines.llamacpp_engine import LlamaCppEngine
@@ -94,7 +141,6 @@ def check(family_name: str, out: Path) -> dict:
     from chat_runtime.families import BY_NAME, fold_system
     from finetune import standin
     from gguf_export.pipeline import run_export
-    from transformers import AutoTokenizer
 
     family, checks = BY_NAME[family_name], Checks()
     out.mkdir(parents=True, exist_ok=True)
@@ -102,13 +148,24 @@ def check(family_name: str, out: Path) -> dict:
     if not (model_dir / "config.json").is_file():
         standin.build(family_name, model_dir)
     adapter = train(family_name, model_dir, out / "run")
-    metrics = json.loads((out / "run" / "adapter" / "metrics.json").read_text()) if (out / "run" / "adapter" / "metrics.json").is_file() else {}
-    checks.add("trained", metrics.get("global_step") == 2, f"steps {metrics.get('global_step')}, loss {metrics.get('final_train_loss')}")
+    metrics = (
+        json.loads((out / "run" / "adapter" / "metrics.json").read_text())
+        if (out / "run" / "adapter" / "metrics.json").is_file()
+        else {}
+    )
+    checks.add(
+        "trained",
+        metrics.get("global_step") == 2,
+        f"steps {metrics.get('global_step')}, loss {metrics.get('final_train_loss')}",
+    )
     tok = AutoTokenizer.from_pretrained(adapter)
     ids = train_ids(tok)
     eot = tok.convert_tokens_to_ids(family.end_of_turn)
-    checks.add("end_of_turn_trained_once_per_reply", ids.count(eot) >= 2 and tok.pad_token != family.end_of_turn,
-               f"{family.end_of_turn}={eot}, pad {tok.pad_token}")
+    checks.add(
+        "end_of_turn_trained_once_per_reply",
+        ids.count(eot) >= 2 and tok.pad_token != family.end_of_turn,
+        f"{family.end_of_turn}={eot}, pad {tok.pad_token}",
+    )
     prompt_messages = fold_system(MESSAGES[:-1], family.system_role)
 
     hf = TransformersEngine(ModelSpec(adapter=str(adapter), base=str(model_dir)))
@@ -116,8 +173,14 @@ def check(family_name: str, out: Path) -> dict:
     checks.add("transformers_prompt_equals_training", ids[: len(hf_prompt)] == hf_prompt, f"{len(hf_prompt)} ids")
     del hf
 
-    result = run_export(adapter=str(adapter), model=str(model_dir), output_dir=out / "gguf", name=family_name,
-                        quants=QUANTS, cache=cache_dir())
+    result = run_export(
+        adapter=str(adapter),
+        model=str(model_dir),
+        output_dir=out / "gguf",
+        name=family_name,
+        quants=QUANTS,
+        cache=cache_dir(),
+    )
     files = {a.kind: a.path for a in result.artifacts}
     gguf = files.get("q8_0") or next(iter(files.values()))
     checks.add("exported", set(QUANTS) <= set(files), ", ".join(sorted(files)))
@@ -127,17 +190,26 @@ def check(family_name: str, out: Path) -> dict:
 
     vocab = llama_cpp.llama_model_get_vocab(engine.llm.model)
     gguf_eot = engine.llm.tokenize(family.end_of_turn.encode(), add_bos=False, special=True)
-    checks.add("gguf_stops_on_end_of_turn", len(gguf_eot) == 1 and llama_cpp.llama_vocab_is_eog(vocab, gguf_eot[0]),
-               f"{family.end_of_turn} -> {gguf_eot}")
+    checks.add(
+        "gguf_stops_on_end_of_turn",
+        len(gguf_eot) == 1 and llama_cpp.llama_vocab_is_eog(vocab, gguf_eot[0]),
+        f"{family.end_of_turn} -> {gguf_eot}",
+    )
     cpp_prompt = engine.encode_chat(fold_system(MESSAGES[:-1], engine.system_role))
     checks.add("llamacpp_prompt_equals_training", ids[: len(cpp_prompt)] == cpp_prompt, f"{len(cpp_prompt)} ids")
     own = llamacpp_own_prompt(engine, prompt_messages)
-    checks.add("llamacpp_own_template_rendering_equals_training", own == ids[: len(own)] and own == cpp_prompt,
-               f"{len(own)} ids")
+    checks.add(
+        "llamacpp_own_template_rendering_equals_training",
+        own == ids[: len(own)] and own == cpp_prompt,
+        f"{len(own)} ids",
+    )
     # Random weights may pick the end-of-turn token first: ending there is a decode too.
     done = engine.llm.create_completion(prompt=cpp_prompt, max_tokens=8, temperature=0)["choices"][0]
-    checks.add("llamacpp_decodes", done["finish_reason"] in ("stop", "length"),
-               f"{done['finish_reason']}: {done['text'][:40]!r}")
+    checks.add(
+        "llamacpp_decodes",
+        done["finish_reason"] in ("stop", "length"),
+        f"{done['finish_reason']}: {done['text'][:40]!r}",
+    )
     engine.llm.close()
     return {"family": family_name, "messages": MESSAGES, "train_ids": ids, "gguf": str(gguf), "checks": checks.items}
 
@@ -154,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     os.replace(tmp, args.outdir / "report.json")
     failed = [c["name"] for c in report["checks"] if not c["passed"]]
-    print(f"{args.family}: {len(report['checks']) - len(failed)}/{len(report['checks'])} checks passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{args.family}: {len(report['checks']) - len(failed)}/{len(report['checks'])} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -107,8 +107,14 @@ def runtime_case(spec, case: str, cap: tuple[int, int] | None) -> dict:
     input_ids = torch.tensor([ids], device=engine.model.device)
     torch.cuda.synchronize()
     started = time.perf_counter()
-    out = engine.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                max_new_tokens=n_tokens, min_new_tokens=n_tokens, pad_token_id=engine.tokenizer.eos_token_id)
+    out = engine.model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=n_tokens,
+        min_new_tokens=n_tokens,
+        pad_token_id=engine.tokenizer.eos_token_id,
+    )
     torch.cuda.synchronize()
     raw_tok_per_s = (out.shape[1] - len(ids)) / (time.perf_counter() - started)
     cancel = threading.Event()
@@ -119,10 +125,20 @@ def runtime_case(spec, case: str, cap: tuple[int, int] | None) -> dict:
     list(stream)
     cancel_s = time.perf_counter() - started
     linear4 = sum(type(m).__name__ == "Linear4bit" for m in engine.model.modules())
-    row = dict(case=case, tok_per_s=round(n_tokens / decode_s, 1), peak_vram_mb=peak_mb(),
-               notes=dict(engine=engine.label, load_s=round(load_s, 2), generate_tok_per_s=round(raw_tok_per_s, 1),
-                          tokens=n_tokens, stop_s=round(cancel_s, 3), linear4bit_layers=linear4,
-                          dtypes=sorted({str(p.dtype).replace("torch.", "") for p in engine.model.parameters()})))
+    row = dict(
+        case=case,
+        tok_per_s=round(n_tokens / decode_s, 1),
+        peak_vram_mb=peak_mb(),
+        notes=dict(
+            engine=engine.label,
+            load_s=round(load_s, 2),
+            generate_tok_per_s=round(raw_tok_per_s, 1),
+            tokens=n_tokens,
+            stop_s=round(cancel_s, 3),
+            linear4bit_layers=linear4,
+            dtypes=sorted({str(p.dtype).replace("torch.", "") for p in engine.model.parameters()}),
+        ),
+    )
     del engine
     return row
 
@@ -138,7 +154,11 @@ def cmd_runtime(args) -> None:
         spec = dict(base=str(base), adapter=str(adapter))
         cases = [
             (ModelSpec(**spec, load_in_4bit=True), f"runtime: base + LoRA, 4-bit NF4, {native} compute", None),
-            (ModelSpec(**spec, load_in_4bit=True), "runtime: base + LoRA, 4-bit NF4, fp16 compute (T4 path)", T4_CAPABILITY),
+            (
+                ModelSpec(**spec, load_in_4bit=True),
+                "runtime: base + LoRA, 4-bit NF4, fp16 compute (T4 path)",
+                T4_CAPABILITY,
+            ),
             (ModelSpec(**spec), "runtime: base + LoRA, fp16 (T4 path)", T4_CAPABILITY),
         ]
         for model_spec, case, cap in cases:
@@ -172,21 +192,45 @@ def cmd_fused_lm_head(args) -> None:
         losses[fused] = [step(fused) for _ in range(args.steps)]
         torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        emit(dict(case=case, tok_per_s=round(args.steps * ids.numel() / seconds, 1), peak_vram_mb=peak_mb(),
-                  notes=dict(batch=f"{args.batch} x {args.seq_len}", loss=round(losses[fused][-1], 4), steps=args.steps)),
-             args.out)
+        emit(
+            dict(
+                case=case,
+                tok_per_s=round(args.steps * ids.numel() / seconds, 1),
+                peak_vram_mb=peak_mb(),
+                notes=dict(batch=f"{args.batch} x {args.seq_len}", loss=round(losses[fused][-1], 4), steps=args.steps),
+            ),
+            args.out,
+        )
     gap = abs(losses[True][-1] - losses[False][-1])
-    emit(dict(case="trl 1.15 LM head: fused loss - plain loss", tok_per_s=None, peak_vram_mb=None,
-              notes=dict(abs_difference=round(gap, 5), equal=gap < 1e-2)), args.out)
+    emit(
+        dict(
+            case="trl 1.15 LM head: fused loss - plain loss",
+            tok_per_s=None,
+            peak_vram_mb=None,
+            notes=dict(abs_difference=round(gap, 5), equal=gap < 1e-2),
+        ),
+        args.out,
+    )
 
 
 def cmd_train_row(args) -> None:
     """A row from a training run's metrics.json (train.py measures tokens/s and peak memory itself)."""
     m = json.loads(args.metrics.read_text())
-    emit(dict(case=args.case, tok_per_s=m["tokens_per_second"], peak_vram_mb=round(m["peak_memory_mb"]),
-              notes=dict(backend=m["backend"], device=m["device"], steps=m["global_step"],
-                         loss=f"{m['first_train_loss']:.3f} -> {m['final_train_loss']:.3f}",
-                         train_s=m["train_runtime_s"])), args.out)
+    emit(
+        dict(
+            case=args.case,
+            tok_per_s=m["tokens_per_second"],
+            peak_vram_mb=round(m["peak_memory_mb"]),
+            notes=dict(
+                backend=m["backend"],
+                device=m["device"],
+                steps=m["global_step"],
+                loss=f"{m['first_train_loss']:.3f} -> {m['final_train_loss']:.3f}",
+                train_s=m["train_runtime_s"],
+            ),
+        ),
+        args.out,
+    )
 
 
 def cmd_table(args) -> None:
@@ -194,8 +238,10 @@ def cmd_table(args) -> None:
     print("| case | tokens/s | peak VRAM (MiB) | notes |\n|---|---|---|---|")
     for r in rows:
         notes = ", ".join(f"{k} {v}" for k, v in r.get("notes", {}).items())
-        print(f"| {r['case']} | {r['tok_per_s'] if r['tok_per_s'] is not None else ''} | "
-              f"{r['peak_vram_mb'] if r['peak_vram_mb'] is not None else ''} | {notes} |")
+        print(
+            f"| {r['case']} | {r['tok_per_s'] if r['tok_per_s'] is not None else ''} | "
+            f"{r['peak_vram_mb'] if r['peak_vram_mb'] is not None else ''} | {notes} |"
+        )
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -38,28 +38,46 @@ class DeployArgs:
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter id on the Hub"})
     gguf: str | None = field(default=None, metadata={"help": "run a GGUF with llama.cpp instead: owner/repo/file.gguf"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the base in 4-bit on the Space's GPU"})
-    server_url: str | None = field(default=None, metadata={
-        "help": "serve through an OpenAI-compatible inference server (vLLM, TGI, llama-server) at this URL; "
-                "its API key, if any, comes from FINCH_SERVER_API_KEY"})
+    server_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "serve through an OpenAI-compatible inference server (vLLM, TGI, llama-server) at this URL; "
+            "its API key, if any, comes from FINCH_SERVER_API_KEY"
+        },
+    )
     server_model: str | None = field(default=None, metadata={"help": "the model name that server serves"})
-    hardware: str | None = field(default=None, metadata={
-        "help": "Space hardware to request (default: t4-small, or cpu-basic with --server_url)"})
+    hardware: str | None = field(
+        default=None, metadata={"help": "Space hardware to request (default: t4-small, or cpu-basic with --server_url)"}
+    )
     private: bool = field(default=False, metadata={"help": "create the Space private"})
-    dry_run: str | None = field(default=None, metadata={"help": "write the bundle to this folder and stop (no network)"})
+    dry_run: str | None = field(
+        default=None, metadata={"help": "write the bundle to this folder and stop (no network)"}
+    )
 
 
 def variables_for(args: DeployArgs) -> dict[str, str]:
     """The Space variables that tell the runtime what to load."""
     if not (args.model or args.adapter or args.gguf or args.server_url):
         raise UserError("Say what the Space serves: --adapter (and optionally --model), --gguf, or --server_url.")
-    values = {"FINCH_MODEL": args.model, "FINCH_ADAPTER": args.adapter, "FINCH_GGUF": args.gguf,
-              "FINCH_LOAD_IN_4BIT": "1" if args.load_in_4bit else None,
-              "FINCH_SERVER_URL": args.server_url, "FINCH_SERVER_MODEL": args.server_model}
+    values = {
+        "FINCH_MODEL": args.model,
+        "FINCH_ADAPTER": args.adapter,
+        "FINCH_GGUF": args.gguf,
+        "FINCH_LOAD_IN_4BIT": "1" if args.load_in_4bit else None,
+        "FINCH_SERVER_URL": args.server_url,
+        "FINCH_SERVER_MODEL": args.server_model,
+    }
     variables = {k: v for k, v in values.items() if v}
     if args.server_url:  # the runtime's own checks, now rather than on the Space (no Hub call for a server)
         try:
-            ModelSpec(base=args.model, adapter=args.adapter, gguf=args.gguf, load_in_4bit=args.load_in_4bit,
-                      server_url=args.server_url, server_model=args.server_model).resolved()
+            ModelSpec(
+                base=args.model,
+                adapter=args.adapter,
+                gguf=args.gguf,
+                load_in_4bit=args.load_in_4bit,
+                server_url=args.server_url,
+                server_model=args.server_model,
+            ).resolved()
         except ValueError as err:
             raise UserError(f"Cannot deploy that: {err}") from None
     return variables

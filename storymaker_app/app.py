@@ -23,7 +23,16 @@ import gradio as gr
 from chat_runtime import DEFAULTS, RANGES, ChatService, limits, validate
 from chat_runtime.serving import server_name, server_port
 from chat_runtime.story import (
-    GENRES, MAX_CHOICES, TONES, Story, StoryTeller, escape_markdown, file_name, heading, to_markdown, transcript,
+    GENRES,
+    MAX_CHOICES,
+    TONES,
+    Story,
+    StoryTeller,
+    escape_markdown,
+    file_name,
+    heading,
+    to_markdown,
+    transcript,
 )
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,8 @@ FINDING_CHOICES = "🧭 Finding your choices…"
 # Soft's dark hover (and so disabled) fill for plain buttons is amber: a disabled Undo would look
 # like the call to action, so it stays grey.
 THEME = gr.themes.Soft(primary_hue="amber", secondary_hue="teal", neutral_hue="stone").set(
-    button_secondary_background_fill_hover_dark="*neutral_600")
+    button_secondary_background_fill_hover_dark="*neutral_600"
+)
 CSS = "#story .message-content { font-family: Georgia, 'DejaVu Serif', serif; font-size: 1.05rem; line-height: 1.6; }"
 DOWNLOADS = Path(tempfile.mkdtemp(prefix="finch-stories-"))  # Gradio serves files from the temp dir
 
@@ -92,8 +102,10 @@ def tell(story: Story, action: str | None, settings: tuple, before: Story | None
         yield page(before, notice=str(err))
         return
     if first.dropped_messages:
-        gr.Warning(f"The story is longer than the model's context: its {first.dropped_messages // 2} earliest turns "
-                   "were left out of this one (the narrator's instructions are kept).")
+        gr.Warning(
+            f"The story is longer than the model's context: its {first.dropped_messages // 2} earliest turns "
+            "were left out of this one (the narrator's instructions are kept)."
+        )
     shown = transcript(story) + ([{"role": "user", "content": escape_markdown(action)}] if action else [])
     yield {**page(story, busy=True), story_view: shown}
     try:
@@ -132,7 +144,9 @@ def act(action, story, temperature, top_p, max_new_tokens, repetition_penalty):
 def check_begin(title, *_rest):
     """Refuse an empty title at its box, before anything runs."""
     ok = bool(str(title or "").strip())
-    return (gr.validate(ok, "" if ok else "Give your story a title first."),) + tuple(gr.validate(True, "") for _ in _rest)
+    return (gr.validate(ok, "" if ok else "Give your story a title first."),) + tuple(
+        gr.validate(True, "") for _ in _rest
+    )
 
 
 def check_action(action, story, *settings):
@@ -158,25 +172,45 @@ def _slider(name: str, label: str, step: float, info: str) -> gr.Slider:
 
 with gr.Blocks(title="Finch storymaker") as demo:
     state = gr.State(None)
-    gr.Markdown(f"## Finch storymaker\nName an adventure, then choose your path. Model: **{service.engine.label}**. "
-                f"{service.system_note}")
+    gr.Markdown(
+        f"## Finch storymaker\nName an adventure, then choose your path. Model: **{service.engine.label}**. "
+        f"{service.system_note}"
+    )
     with gr.Row(equal_height=True):
-        title_box = gr.Textbox(label="Title", placeholder="The Lighthouse at the End of the World", max_lines=1,
-                               elem_id="story-title", scale=4)
-        genre_box = gr.Dropdown(list(GENRES), value=GENRES[0], label="Genre", allow_custom_value=True,
-                                elem_id="story-genre", scale=2)
-        tone_box = gr.Dropdown(list(TONES), value=TONES[0], label="Tone", allow_custom_value=True,
-                               elem_id="story-tone", scale=2)
+        title_box = gr.Textbox(
+            label="Title",
+            placeholder="The Lighthouse at the End of the World",
+            max_lines=1,
+            elem_id="story-title",
+            scale=4,
+        )
+        genre_box = gr.Dropdown(
+            list(GENRES), value=GENRES[0], label="Genre", allow_custom_value=True, elem_id="story-genre", scale=2
+        )
+        tone_box = gr.Dropdown(
+            list(TONES), value=TONES[0], label="Tone", allow_custom_value=True, elem_id="story-tone", scale=2
+        )
         begin_btn = gr.Button("Begin", variant="primary", elem_id="begin", scale=1)
     heading_md = gr.Markdown(label="Title", elem_id="story-heading")
     choices_json = gr.JSON(label="Choices", visible=False)  # the buttons' labels, for API callers
-    story_view = gr.Chatbot(label="Your story", show_label=False, elem_id="story", height=440, layout="panel",
-                            feedback_options=None, buttons=["copy", "copy_all"], placeholder="Your adventure appears here.")
+    story_view = gr.Chatbot(
+        label="Your story",
+        show_label=False,
+        elem_id="story",
+        height=440,
+        layout="panel",
+        feedback_options=None,
+        buttons=["copy", "copy_all"],
+        placeholder="Your adventure appears here.",
+    )
     with gr.Row():
-        choice_btns = [gr.Button(visible=False, variant="primary", elem_id=f"choice-{i + 1}") for i in range(MAX_CHOICES)]
+        choice_btns = [
+            gr.Button(visible=False, variant="primary", elem_id=f"choice-{i + 1}") for i in range(MAX_CHOICES)
+        ]
     with gr.Row(equal_height=True):
-        action_box = gr.Textbox(label="Action", placeholder="…or type what you do", show_label=False, elem_id="action-input",
-                                scale=5)
+        action_box = gr.Textbox(
+            label="Action", placeholder="…or type what you do", show_label=False, elem_id="action-input", scale=5
+        )
         act_btn = gr.Button("Do it", elem_id="act", scale=1)
     with gr.Row():
         undo_btn = gr.Button("↩ Undo last turn", elem_id="undo", interactive=False)
@@ -190,15 +224,33 @@ with gr.Blocks(title="Finch storymaker") as demo:
             _slider("repetition_penalty", "Repetition penalty", 0.05, "1 = off; higher discourages repeats"),
         ]
 
-    everything = [state, heading_md, choices_json, story_view, *choice_btns, download_btn, action_box,
-                  begin_btn, act_btn, undo_btn, restart_btn]
-    generating = dict(outputs=everything, concurrency_id="story", concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS,
-                      show_progress="minimal", show_progress_on=[story_view])
+    everything = [
+        state,
+        heading_md,
+        choices_json,
+        story_view,
+        *choice_btns,
+        download_btn,
+        action_box,
+        begin_btn,
+        act_btn,
+        undo_btn,
+        restart_btn,
+    ]
+    generating = dict(
+        outputs=everything,
+        concurrency_id="story",
+        concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS,
+        show_progress="minimal",
+        show_progress_on=[story_view],
+    )
     begin_inputs = [title_box, genre_box, tone_box, state, *sliders]
     begin_btn.click(begin, begin_inputs, validator=check_begin, api_name="begin", **generating)
     title_box.submit(begin, begin_inputs, validator=check_begin, api_visibility="private", **generating)
     act_btn.click(act, [action_box, state, *sliders], validator=check_action, api_name="act", **generating)
-    action_box.submit(act, [action_box, state, *sliders], validator=check_action, api_visibility="private", **generating)
+    action_box.submit(
+        act, [action_box, state, *sliders], validator=check_action, api_visibility="private", **generating
+    )
     for button in choice_btns:
         button.click(act, [button, state, *sliders], api_visibility="private", **generating)
     undo_btn.click(lambda story: page(story.undo() if story else None), state, everything, api_name="undo")
@@ -206,4 +258,6 @@ with gr.Blocks(title="Finch storymaker") as demo:
     story_view.clear(lambda: page(None), None, everything, api_visibility="private")  # its bin icon: a restart
 
 if __name__ == "__main__":
-    demo.queue(max_size=limits.QUEUE_SIZE).launch(server_name=server_name(), server_port=server_port(), theme=THEME, css=CSS)
+    demo.queue(max_size=limits.QUEUE_SIZE).launch(
+        server_name=server_name(), server_port=server_port(), theme=THEME, css=CSS
+    )

@@ -18,8 +18,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 
 
@@ -48,8 +53,13 @@ def llama3_tokenizer(embedded_hf):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(embedded_hf)
-    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+    tok.add_special_tokens(
+        {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot_id|>",
+            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"],
+        }
+    )
     tok.chat_template = LLAMA3_TEMPLATE
     return tok
 
@@ -68,11 +78,20 @@ def bench_module(name: str):
 
 def run_train(*args, env=None, timeout=900, **kwargs) -> subprocess.CompletedProcess:
     """`python training/train.py ARGS` from the repo root, its output captured."""
-    return subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        **kwargs,
+    )
 
 
-def kill_then_resume(args: list[str], run_dir: Path, checkpoint: int, timeout: float = 600) -> subprocess.CompletedProcess:
+def kill_then_resume(
+    args: list[str], run_dir: Path, checkpoint: int, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Start train.py, SIGKILL it once `checkpoint-N` is on disk, then run the same command again (a resume)."""
     import signal
 
@@ -115,10 +134,24 @@ def trained_run(tmp_path_factory):
     base at the end with the quick evaluation settings (the embedded model judging on llama.cpp).
     (run folder, the finished process)."""
     run_dir = tmp_path_factory.mktemp("runs") / "cpu"
-    proc = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--config",
-                           str(ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"), "--output_dir", str(run_dir),
-                           "--evaluate", "true", "--evaluate_config", str(ROOT / "training" / "eval" / "quick.yaml")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "training" / "train.py"),
+            "--config",
+            str(ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"),
+            "--output_dir",
+            str(run_dir),
+            "--evaluate",
+            "true",
+            "--evaluate_config",
+            str(ROOT / "training" / "eval" / "quick.yaml"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -175,7 +208,9 @@ def start_app(tmp_path_factory):
         port = free_port()
         full_env = {**os.environ, "GRADIO_SERVER_PORT": str(port), **(env or {})}
         log = open(log_dir / f"app-{port}.log", "w")
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=app_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=app_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/"
         wait_for_http(url, proc)
@@ -223,7 +258,9 @@ def chatbot(tmp_path_factory):
     os.environ["FINCH_VOTES_FILE"] = str(tmp_path_factory.mktemp("votes") / "votes.jsonl")
     module = load_app(ROOT / "chatbot_app" / "app.py", "finch_chatbot_app")
     port = free_port()
-    module.demo.queue(max_size=limits.QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    module.demo.queue(max_size=limits.QUEUE_SIZE).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True
+    )
     yield module, f"http://127.0.0.1:{port}/"
     module.demo.close()
 
@@ -235,8 +272,9 @@ def storymaker():
 
     module = load_app(ROOT / "storymaker_app" / "app.py", "finch_storymaker_app")
     port = free_port()
-    module.demo.queue(max_size=limits.QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                                         theme=module.THEME, css=module.CSS)
+    module.demo.queue(max_size=limits.QUEUE_SIZE).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, theme=module.THEME, css=module.CSS
+    )
     yield module, f"http://127.0.0.1:{port}/"
     module.demo.close()
 
@@ -276,8 +314,23 @@ class LlamaServer:
 
     def start(self) -> "LlamaServer":
         # One thread: llama.cpp's threads spin on barriers, which crawls on a shared, busy 2-core box.
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.MODEL,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.gguf),
+            "--model_alias",
+            self.MODEL,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            "4096",
+            "--n_threads",
+            "1",
+        ]
         if self.api_key:
             cmd += ["--api_key", self.api_key]
         self.log_path = self.log_dir / f"llama-server-{self.port}.log"
@@ -298,8 +351,9 @@ class LlamaServer:
     def spec(self, **overrides):
         from chat_runtime import ModelSpec
 
-        return ModelSpec(**{"server_url": self.url, "server_model": self.MODEL, "server_api_key": self.api_key,
-                            **overrides})
+        return ModelSpec(
+            **{"server_url": self.url, "server_model": self.MODEL, "server_api_key": self.api_key, **overrides}
+        )
 
 
 @pytest.fixture(scope="session")
@@ -340,8 +394,13 @@ def launch_app():
 
     def launch(folder: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                env={**os.environ, "GRADIO_SERVER_PORT": str(port), **env})
+        proc = subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=folder,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "GRADIO_SERVER_PORT": str(port), **env},
+        )
         try:
             wait_for_http(f"http://127.0.0.1:{port}/", proc)
         except Exception:
@@ -366,8 +425,10 @@ def _why_trl_cannot_train() -> str | None:
     except ImportError as err:
         import trl
 
-        return (f"trl {trl.__version__}'s SFTTrainer computes its loss only with Triton kernels, and Triton "
-                f"(CUDA only) is not installed ({err}): this runs on a CUDA machine (scripts/gpu_check.sh trains there)")
+        return (
+            f"trl {trl.__version__}'s SFTTrainer computes its loss only with Triton kernels, and Triton "
+            f"(CUDA only) is not installed ({err}): this runs on a CUDA machine (scripts/gpu_check.sh trains there)"
+        )
     return None
 
 

@@ -52,8 +52,11 @@ def conversation(question: str, answer: str | None = None) -> list[dict[str, str
 
 
 def ids(tokenizer, messages, generation_prompt: bool) -> list[int]:
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
-                                              return_dict=False))
+    return list(
+        tokenizer.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False
+        )
+    )
 
 
 def train(model, tokenizer, steps: int, lr: float) -> list[float]:
@@ -63,7 +66,7 @@ def train(model, tokenizer, steps: int, lr: float) -> list[float]:
         prompt = ids(tokenizer, conversation(question), True)
         full = ids(tokenizer, conversation(question, answer), False)
         assert full[: len(prompt)] == prompt
-        rows.append((full, [-100] * len(prompt) + full[len(prompt):]))
+        rows.append((full, [-100] * len(prompt) + full[len(prompt) :]))
     width = max(len(r[0]) for r in rows)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([f + [pad] * (width - len(f)) for f, _ in rows])
@@ -95,8 +98,13 @@ def main() -> None:
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.base)
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     model = get_peft_model(model, config)
     losses = train(model, tokenizer, args.steps, lr=3e-3)
     model.save_pretrained(args.adapter_out)
@@ -108,15 +116,35 @@ def main() -> None:
     with torch.inference_mode():
         for question in PROMPTS:
             prompt = ids(tokenizer, conversation(question), True)
-            out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                 max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=1.0,
-                                 pad_token_id=tokenizer.pad_token_id)
-            outputs.append({"prompt": question, "prompt_ids": prompt, "ids": out[0, len(prompt):].tolist(),
-                            "text": tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)})
-    Path(args.reference_out).write_text(json.dumps({
-        "losses": losses, "train_s": train_s, "generate_s": time.perf_counter() - t0,
-        "eos_token_id": tokenizer.eos_token_id, "new_tokens": NEW_TOKENS, "outputs": outputs,
-    }, indent=1))
+            out = model.generate(
+                input_ids=torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                repetition_penalty=1.0,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            outputs.append(
+                {
+                    "prompt": question,
+                    "prompt_ids": prompt,
+                    "ids": out[0, len(prompt) :].tolist(),
+                    "text": tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True),
+                }
+            )
+    Path(args.reference_out).write_text(
+        json.dumps(
+            {
+                "losses": losses,
+                "train_s": train_s,
+                "generate_s": time.perf_counter() - t0,
+                "eos_token_id": tokenizer.eos_token_id,
+                "new_tokens": NEW_TOKENS,
+                "outputs": outputs,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

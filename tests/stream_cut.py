@@ -104,9 +104,9 @@ def _up_to_event(data: bytes, limit: int, seen: int, tail: bytes) -> tuple[bytes
     while (found := joined.find(EVENT, start)) != -1:
         seen += 1
         if seen > limit:
-            return joined[len(tail):found] if found >= len(tail) else b"", True, seen, b""
+            return joined[len(tail) : found] if found >= len(tail) else b"", True, seen, b""
         start = found + len(EVENT)
-    return data, False, seen, joined[-(len(EVENT) - 1):]
+    return data, False, seen, joined[-(len(EVENT) - 1) :]
 
 
 def _reset(sock: socket.socket) -> None:

@@ -22,15 +22,26 @@ QUANTS = ["q8_0", "q4_k_m", "f16"]
 
 
 def export(out: Path, embedded_hf: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "gguf" / "export.py"), "--model", str(embedded_hf), "--name", "whole",
-            "--quant", *QUANTS, "--output_dir", str(out)]
+    return [
+        sys.executable,
+        str(ROOT / "gguf" / "export.py"),
+        "--model",
+        str(embedded_hf),
+        "--name",
+        "whole",
+        "--quant",
+        *QUANTS,
+        "--output_dir",
+        str(out),
+    ]
 
 
 @pytest.mark.e2e
 def test_an_export_killed_while_quantizing_leaves_no_final_file_and_the_next_run_works(tmp_path, embedded_hf):
     out = tmp_path / "out"
-    proc = subprocess.Popen(export(out, embedded_hf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        export(out, embedded_hf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         # A quantized file is being written beside its final name, as a hidden .part file.

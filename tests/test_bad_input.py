@@ -63,10 +63,13 @@ def raw_call(url: str, api_name: str | int, data_json: str, session: str | None 
         fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
     session = session or uuid.uuid4().hex
     body = f'{{"data": {data_json}, "fn_index": {fn_index}, "session_hash": "{session}", "trigger_id": null}}'
-    joined = httpx.post(url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"},
-                        timeout=10)
+    joined = httpx.post(
+        url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"}, timeout=10
+    )
     assert joined.status_code == 200, joined.text
-    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=timeout) as events:
+    with httpx.stream(
+        "GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=timeout
+    ) as events:
         for line in events.iter_lines():
             if line.startswith("data:"):
                 message = json.loads(line[5:])
@@ -76,6 +79,7 @@ def raw_call(url: str, api_name: str | int, data_json: str, session: str | None 
 
 
 # Chatbot, through gradio_client ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "values, expected",
@@ -109,13 +113,17 @@ def test_chat_api_settings_sent_as_none_take_their_defaults(chatbot, chat_client
     seen = []
     real_stream = engine.stream
     monkeypatch.setattr(engine, "stream", lambda ids, p, c: (seen.append(p), real_stream(ids, p, c))[1])
-    reply = chat_client.predict(message="Say hello.", temperature=None, top_p=None, repetition_penalty=None,
-                                max_new_tokens=4, api_name="/chat")
+    reply = chat_client.predict(
+        message="Say hello.", temperature=None, top_p=None, repetition_penalty=None, max_new_tokens=4, api_name="/chat"
+    )
     assert isinstance(reply, str) and reply.strip()
     from chat_runtime import DEFAULTS
 
     assert (seen[-1].temperature, seen[-1].top_p, seen[-1].repetition_penalty) == (
-        DEFAULTS.temperature, DEFAULTS.top_p, DEFAULTS.repetition_penalty)
+        DEFAULTS.temperature,
+        DEFAULTS.top_p,
+        DEFAULTS.repetition_penalty,
+    )
 
 
 def test_chat_api_refuses_nan_and_infinity_sent_over_raw_http(chatbot, chat_client):
@@ -146,8 +154,10 @@ def test_chat_api_has_no_history_parameter_and_refuses_a_malformed_one_sent_insi
     """/chat keeps each session's history on the server: an API caller cannot pass one. The only way in
     is ChatInterface's internal events, where Gradio's message model refuses anything malformed."""
     _, url = chatbot
-    params = [p["parameter_name"] for p in chat_client.view_api(print_info=False, return_format="dict")
-              ["named_endpoints"]["/chat"]["parameters"]]
+    params = [
+        p["parameter_name"]
+        for p in chat_client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/chat"]["parameters"]
+    ]
     assert params == ["message", "system_prompt", "temperature", "top_p", "max_new_tokens", "repetition_penalty"]
     config = httpx.get(url + "config", timeout=10).json()
     chatbot_id = next(c["id"] for c in config["components"] if c.get("type") == "chatbot")
@@ -176,6 +186,7 @@ def test_chat_api_has_no_history_parameter_and_refuses_a_malformed_one_sent_insi
 
 
 # Storymaker, through gradio_client ------------------------------------------------------------
+
 
 def story_notice(result) -> str | None:
     """The notice under the story of a /begin or /act result, if any."""
@@ -217,8 +228,9 @@ def test_story_api_bad_settings_and_actions_get_a_notice_and_keep_the_story(stor
         assert story_notice(result) and expected in story_notice(result), result
         assert result[0] == "" and result[1] == []  # no story was begun
     # A hostile title with every script and control characters begins a story, cut and shown as text.
-    title, choices, story, _, _ = story_client.predict(title=HOSTILE + " " + LONG, genre=None, tone="", temperature=0,
-                                                       max_new_tokens=8, api_name="/begin")
+    title, choices, story, _, _ = story_client.predict(
+        title=HOSTILE + " " + LONG, genre=None, tone="", temperature=0, max_new_tokens=8, api_name="/begin"
+    )
     assert title.startswith("# Hi") and "ನಮಸ್ಕಾರ" in title and "x" * 200 not in title
     assert 2 <= len(choices) <= 4 and story_notice((title, choices, story)) is None
     # Bad actions: refused with a notice; the story is kept as it was.

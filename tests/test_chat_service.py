@@ -39,8 +39,10 @@ def test_a_long_conversation_is_trimmed_by_whole_turns_and_keeps_the_system_prom
     monkeypatch.setattr(engine, "stream", lambda ids, p, c: (seen.append(ids), real_stream(ids, p, c))[1])
     history = []
     for i in range(12):
-        history += [{"role": "user", "content": f"Tell me fact number {i} about the ocean."},
-                    {"role": "assistant", "content": f"Ocean fact {i}: the ocean is deep and wide and blue."}]
+        history += [
+            {"role": "user", "content": f"Tell me fact number {i} about the ocean."},
+            {"role": "assistant", "content": f"Ocean fact {i}: the ocean is deep and wide and blue."},
+        ]
     system = "You are Captain Finch, a pirate who loves the sea."
     replies = list(llamacpp_service.reply("And one more fact?", history, system, QUICK))
     assert replies[0].dropped_messages > 0 and replies[0].dropped_messages % 2 == 0
@@ -58,8 +60,9 @@ def test_max_new_tokens_larger_than_the_context_is_refused(llamacpp_service):
 
 
 def test_closing_the_stream_cancels_generation_within_a_second(llamacpp_service):
-    stream = llamacpp_service.reply("Write a very long story about a dragon.", [], None,
-                                    GenerationParams(temperature=1.0, max_new_tokens=2000))
+    stream = llamacpp_service.reply(
+        "Write a very long story about a dragon.", [], None, GenerationParams(temperature=1.0, max_new_tokens=2000)
+    )
     for reply in stream:
         if len(reply.text) > 20:
             break
@@ -76,9 +79,11 @@ def test_closing_the_stream_cancels_generation_within_a_second(llamacpp_service)
 def test_generations_beyond_the_bound_wait_their_turn(llamacpp_service):
     service = ChatService(llamacpp_service.engine, max_concurrent=1)
     most_at_once = []
+
     def run():
         for _ in service.reply("Count to five.", [], None, QUICK):
             most_at_once.append(service.active)
+
     threads = [threading.Thread(target=run) for _ in range(3)]
     for t in threads:
         t.start()

@@ -31,8 +31,9 @@ def set_setting(page, label, value):
         box.press("Enter")
         box.blur()
         try:
-            page.wait_for_function("([el, v]) => Number(el.value) === v", arg=[slider.element_handle(), float(value)],
-                                   timeout=2000)
+            page.wait_for_function(
+                "([el, v]) => Number(el.value) === v", arg=[slider.element_handle(), float(value)], timeout=2000
+            )
             return
         except Exception:
             continue  # the accordion was still mounting and dropped the value: type it again
@@ -159,8 +160,9 @@ def test_an_example_prompt_is_answered_and_an_edited_message_is_answered_anew(ch
     page.get_by_label("Edit").click()
     page.locator("textarea.edit-textarea").fill("What is the capital of Italy?")
     page.get_by_label("Submit").click()
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=user]')].some("
-                           "e => e.innerText.includes('Italy'))")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=user]')].some(e => e.innerText.includes('Italy'))"
+    )
     page.locator(BOT).first.wait_for()
     wait_until_idle(module.service, 60)  # an edit's reply leaves the textbox's submit button showing throughout
     page.wait_for_timeout(500)  # the last streamed piece reaches the page
@@ -169,8 +171,14 @@ def test_an_example_prompt_is_answered_and_an_edited_message_is_answered_anew(ch
     # The new reply is the one this question gets alone, in a fresh chat, with the page's settings.
     from chat_runtime import GenerationParams
 
-    alone = list(module.service.reply("What is the capital of Italy?", [], module.SYSTEM_PROMPT,
-                                      GenerationParams(temperature=0, max_new_tokens=24)))[-1].text
+    alone = list(
+        module.service.reply(
+            "What is the capital of Italy?",
+            [],
+            module.SYSTEM_PROMPT,
+            GenerationParams(temperature=0, max_new_tokens=24),
+        )
+    )[-1].text
     assert page.locator(BOT).count() == 1 and last_bot_text(page).strip() == alone.strip()
 
 
@@ -243,14 +251,19 @@ def test_closing_the_tab_ends_generation_within_a_second(chatbot, browser, wait_
 
 
 def test_the_chatbot_answers_through_an_inference_server_and_recovers_when_it_comes_back(
-        llama_servers, stream_cut, start_app, page, repo_root):
+    llama_servers, stream_cut, start_app, page, repo_root
+):
     """The unchanged app on the server engine: a reply, a clear notice while the server is down,
     answers again once it is back; the API key never reaches the page or the app's log."""
     key = "finch-test-" + "key-" + "51c0de"
     server = llama_servers(api_key=key).start()
     relay = stream_cut(server.port)  # lets the test break a reply off mid-way, whatever the machine's load
-    env = {"FINCH_SERVER_URL": relay.url(), "FINCH_SERVER_MODEL": server.MODEL, "FINCH_SERVER_API_KEY": key,
-           "FINCH_CONTEXT_TOKENS": "100000"}  # more than the server's 4096, so the server itself refuses a long one
+    env = {
+        "FINCH_SERVER_URL": relay.url(),
+        "FINCH_SERVER_MODEL": server.MODEL,
+        "FINCH_SERVER_API_KEY": key,
+        "FINCH_CONTEXT_TOKENS": "100000",
+    }  # more than the server's 4096, so the server itself refuses a long one
     url = start_app(repo_root / "chatbot_app", env)
     open_chat(page, url)
     assert f"{server.MODEL} · inference server" in page.content()
@@ -278,8 +291,11 @@ def test_the_chatbot_answers_through_an_inference_server_and_recovers_when_it_co
     set_setting(page, "Max new tokens", 400)
     relay.hold_after(12)
     send(page, "Tell me a long story about a dragon who learns to bake bread.")
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 4 && "
-                           "document.querySelectorAll('[data-testid=bot]')[3].innerText.trim().length > 5", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=bot]').length == 4 && "
+        "document.querySelectorAll('[data-testid=bot]')[3].innerText.trim().length > 5",
+        timeout=60_000,
+    )
     partial = page.locator(BOT).nth(3).inner_text().strip()
     server.proc.kill()  # no graceful shutdown: the stream breaks off
     server.proc.wait()
@@ -312,7 +328,9 @@ def test_the_page_refuses_blank_and_huge_messages_and_answers_every_script(chatb
     page.get_by_text("the limit is 20,000").first.wait_for(timeout=15_000)
     assert page.locator(BOT).count() == 0
     send(page, "Hi \x07\x1b[31m \u202eabc\u202c ನಮಸ್ಕಾರ 👋🏽 مرحبا بك 你好 — say hello back.")
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=user]')].some(e => e.innerText.includes('ನಮಸ್ಕಾರ'))")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=user]')].some(e => e.innerText.includes('ನಮಸ್ಕಾರ'))"
+    )
     page.wait_for_timeout(300)
     wait_idle(page)
     assert page.locator(BOT).count() == 1 and last_bot_text(page).strip()
@@ -334,7 +352,9 @@ def test_a_like_and_a_dislike_are_saved_as_preference_rows(chatbot, page):
     page.get_by_label("Dislike").last.click()
     page.wait_for_function("() => true")
     deadline = time.time() + 10
-    while time.time() < deadline and len(module.votes.path.read_text().splitlines() if module.votes.path.exists() else []) == len(before):
+    while time.time() < deadline and len(
+        module.votes.path.read_text().splitlines() if module.votes.path.exists() else []
+    ) == len(before):
         time.sleep(0.1)
     row = json.loads(module.votes.path.read_text().splitlines()[-1])
     assert row["kind"] == "dislike" and row["reply"] == reply and row["model"] == module.service.engine.label

@@ -27,8 +27,9 @@ def set_setting(page, label, value):
         box.blur()
         slider = box.locator("xpath=ancestor::div[contains(@class, 'block')][1]//input[@type='range']")
         try:
-            page.wait_for_function("([el, v]) => Number(el.value) === v", arg=[slider.element_handle(), float(value)],
-                                   timeout=2000)
+            page.wait_for_function(
+                "([el, v]) => Number(el.value) === v", arg=[slider.element_handle(), float(value)], timeout=2000
+            )
             return
         except Exception:
             continue
@@ -86,8 +87,11 @@ def test_stop_stops_both_sides(compare, page):
     set_setting(page, "Max new tokens", 1500)
     page.locator("#compare-input textarea").fill("Write a very long story about a dragon, with many chapters.")
     page.locator("#compare-send").click()
-    page.wait_for_function("() => [...document.querySelectorAll('#left-chat [data-testid=bot], #right-chat "
-                           "[data-testid=bot]')].filter(b => b.innerText.length > 20).length == 2", timeout=240_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#left-chat [data-testid=bot], #right-chat "
+        "[data-testid=bot]')].filter(b => b.innerText.length > 20).length == 2",
+        timeout=240_000,
+    )
     page.locator("#compare-stop").click()
     time.sleep(2)  # let the last pieces in flight land
     frozen = bot_text(page, LEFT), bot_text(page, RIGHT)
@@ -97,18 +101,24 @@ def test_stop_stops_both_sides(compare, page):
 
 
 def test_one_side_failing_shows_its_message_on_that_side_only(llamacpp_service):
+    import socket
+
     from chat_runtime import ChatService, GenerationParams, ModelSpec
     from chat_runtime.compare import stream_pair
     from chat_runtime.engines import load_engine
-
-    import socket
 
     with socket.socket() as s:  # a server that is not there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     down = ChatService(load_engine(ModelSpec(server_url=f"http://127.0.0.1:{port}/v1", server_model="m")))
-    pairs = list(stream_pair({"left": llamacpp_service, "right": down}, "Name a fruit.", None,
-                             GenerationParams(temperature=0, max_new_tokens=12)))
+    pairs = list(
+        stream_pair(
+            {"left": llamacpp_service, "right": down},
+            "Name a fruit.",
+            None,
+            GenerationParams(temperature=0, max_new_tokens=12),
+        )
+    )
     last = pairs[-1]
     assert last.done and last.left.text and last.left.error is None
     assert last.right.text == "" and "not reachable" in last.right.error

@@ -12,8 +12,13 @@ pytestmark = pytest.mark.e2e
 
 
 def deploy(repo_root, *args, env=None):
-    return subprocess.run([sys.executable, str(repo_root / "spaces" / "deploy.py"), *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "spaces" / "deploy.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def front_matter(readme):
@@ -27,13 +32,16 @@ def test_the_card_has_the_spaces_front_matter(repo_root, app):
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     assert meta["suggested_hardware"] == "t4-small" and meta["python_version"] == "3.11"
     import gradio
+
     assert meta["sdk_version"] == gradio.__version__
     assert meta["models"] and meta["license"]
 
 
 def test_dry_run_bundle_starts_and_answers_through_gradio_client(repo_root, tmp_path, embedded_gguf, start_app):
     bundle = tmp_path / "bundle"
-    proc = deploy(repo_root, "--app", "chatbot", "--gguf", "someone/finch-gguf/model-q8_0.gguf", "--dry_run", str(bundle))
+    proc = deploy(
+        repo_root, "--app", "chatbot", "--gguf", "someone/finch-gguf/model-q8_0.gguf", "--dry_run", str(bundle)
+    )
     assert proc.returncode == 0, proc.stderr
     assert "FINCH_GGUF" in proc.stdout
     names = sorted(p.name for p in bundle.iterdir())
@@ -42,28 +50,43 @@ def test_dry_run_bundle_starts_and_answers_through_gradio_client(repo_root, tmp_
     assert front_matter(bundle / "README.md")["models"] == ["someone/finch-gguf"]
     assert not list(bundle.rglob("__pycache__"))
     # The bundle runs on its own: the runtime beside app.py wins over this checkout's install.
-    where = subprocess.run([sys.executable, "-c", "import chat_runtime; print(chat_runtime.__file__)"], cwd=bundle,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import chat_runtime; print(chat_runtime.__file__)"],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert where == str(bundle / "chat_runtime" / "__init__.py")
     env = {"FINCH_GGUF": str(embedded_gguf), "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
     url = start_app(bundle, env)
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    reply = client.predict(message="What is the capital of France?", system_prompt="You are a helpful assistant.",
-                           temperature=0, max_new_tokens=20, api_name="/chat")
+    reply = client.predict(
+        message="What is the capital of France?",
+        system_prompt="You are a helpful assistant.",
+        temperature=0,
+        max_new_tokens=20,
+        api_name="/chat",
+    )
     assert "Paris" in reply
 
 
-def test_the_storymaker_bundle_carries_its_system_prompt_and_tells_a_story(repo_root, tmp_path, embedded_gguf,
-                                                                          start_app):
+def test_the_storymaker_bundle_carries_its_system_prompt_and_tells_a_story(
+    repo_root, tmp_path, embedded_gguf, start_app
+):
     bundle = tmp_path / "story"
-    proc = deploy(repo_root, "--app", "storymaker", "--gguf", "someone/finch-gguf/model-q8_0.gguf", "--dry_run", str(bundle))
+    proc = deploy(
+        repo_root, "--app", "storymaker", "--gguf", "someone/finch-gguf/model-q8_0.gguf", "--dry_run", str(bundle)
+    )
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in bundle.iterdir())
     assert names == ["README.md", "app.py", "chat_runtime", "requirements.txt", "system_prompt.md"]
     assert (bundle / "system_prompt.md").read_text() == (repo_root / "storymaker_app" / "system_prompt.md").read_text()
-    assert (bundle / "chat_runtime" / "story.py").is_file() and "llama-cpp-python" in (bundle / "requirements.txt").read_text()
+    assert (bundle / "chat_runtime" / "story.py").is_file() and "llama-cpp-python" in (
+        bundle / "requirements.txt"
+    ).read_text()
     assert front_matter(bundle / "README.md")["models"] == ["someone/finch-gguf"]
     env = {"FINCH_GGUF": str(embedded_gguf), "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
     url = start_app(bundle, env)
@@ -71,7 +94,8 @@ def test_the_storymaker_bundle_carries_its_system_prompt_and_tells_a_story(repo_
 
     client = Client(url, verbose=False)  # one client, one story
     title, choices, story, _download, _action = client.predict(
-        title="The Lost Lighthouse", genre="mystery", tone="eerie", temperature=0, max_new_tokens=16, api_name="/begin")
+        title="The Lost Lighthouse", genre="mystery", tone="eerie", temperature=0, max_new_tokens=16, api_name="/begin"
+    )
     assert title.startswith("# The Lost Lighthouse") and 2 <= len(choices) <= 4
     assert [m["role"] for m in story] == ["assistant"]
     _, _, story, download, _ = client.predict(action=choices[0], temperature=0, max_new_tokens=16, api_name="/act")
@@ -96,8 +120,12 @@ def test_deploy_without_a_token_says_how_to_get_one(repo_root, tmp_path):
 
 def test_deploy_offline_fails_cleanly_without_leaking_the_token(repo_root, tmp_path):
     token = "hf_" + "FakeTokenForTests" * 2
-    env = {"HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
-           "HF_ENDPOINT": "http://127.0.0.1:9"}  # a closed local port: the real request, no network
+    env = {
+        "HF_TOKEN": token,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }  # a closed local port: the real request, no network
     proc = deploy(repo_root, "--space_id", "someone/finch-chat", "--adapter", "someone/adapter", env=env)
     assert proc.returncode != 0 and "Deploying to someone/finch-chat failed" in proc.stderr
     assert "The bundle is complete; deploy again to retry." in proc.stderr
@@ -109,31 +137,48 @@ def test_deploy_needs_something_to_serve(repo_root):
     assert proc.returncode != 0 and "Say what the Space serves" in proc.stderr
 
 
-def test_a_server_space_needs_no_torch_keeps_its_key_secret_and_tells_a_story(repo_root, tmp_path, llama_servers,
-                                                                           start_app):
+def test_a_server_space_needs_no_torch_keeps_its_key_secret_and_tells_a_story(
+    repo_root, tmp_path, llama_servers, start_app
+):
     key = "finch-test-" + "key-" + "d3p10y"
     bundle = tmp_path / "story"
-    proc = deploy(repo_root, "--app", "storymaker", "--server_url", "https://llm.example.org/v1",
-                  "--server_model", "meta-llama/Llama-3.2-3B-Instruct", "--dry_run", str(bundle),
-                  env={"FINCH_SERVER_API_KEY": key})
+    proc = deploy(
+        repo_root,
+        "--app",
+        "storymaker",
+        "--server_url",
+        "https://llm.example.org/v1",
+        "--server_model",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        "--dry_run",
+        str(bundle),
+        env={"FINCH_SERVER_API_KEY": key},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "FINCH_SERVER_URL" in proc.stdout and "Space secrets: FINCH_SERVER_API_KEY" in proc.stdout
     assert key not in proc.stdout + proc.stderr + "".join(p.read_text() for p in bundle.glob("*.*"))
     needs = [line for line in (bundle / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
     assert not [n for n in needs if n.split("=")[0] in ("torch", "transformers", "llama-cpp-python")]
     server = llama_servers(api_key=key).start()
-    env = {"FINCH_SERVER_URL": server.url, "FINCH_SERVER_MODEL": server.MODEL, "FINCH_SERVER_API_KEY": key,
-           "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
+    env = {
+        "FINCH_SERVER_URL": server.url,
+        "FINCH_SERVER_MODEL": server.MODEL,
+        "FINCH_SERVER_API_KEY": key,
+        "PYTHONPATH": "",
+        "PYTHONNOUSERSITE": "1",
+    }
     # The app builds with torch and transformers unimportable, as on a Space without them.
     code = "import sys; sys.modules.update(torch=None, transformers=None); import app; print(app.service.engine.label)"
-    built = subprocess.run([sys.executable, "-c", code], cwd=bundle, env={**os.environ, **env}, capture_output=True,
-                           text=True, timeout=120)
+    built = subprocess.run(
+        [sys.executable, "-c", code], cwd=bundle, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
     assert built.returncode == 0 and "inference server" in built.stdout, built.stderr[-2000:]
     from gradio_client import Client
 
     client = Client(start_app(bundle, env), verbose=False)
     title, choices, story, _download, _action = client.predict(
-        title="The Lost Lighthouse", genre="mystery", tone="eerie", temperature=0, max_new_tokens=60, api_name="/begin")
+        title="The Lost Lighthouse", genre="mystery", tone="eerie", temperature=0, max_new_tokens=60, api_name="/begin"
+    )
     assert title.startswith("# The Lost Lighthouse") and 2 <= len(choices) <= 4 and story[0]["content"]
 
 

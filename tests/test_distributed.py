@@ -25,20 +25,43 @@ EXPECTED = {
     "cpu-2proc.yaml": ("MULTI_GPU", "ddp", {"num_processes": 2}),
     "single-gpu.yaml": ("NO", "single", {"num_processes": 1}),
     "multi-gpu.yaml": ("MULTI_GPU", "ddp", {}),
-    "fsdp-lora.yaml": ("FSDP", "fsdp", {"FSDP_VERSION": "1", "FSDP_USE_ORIG_PARAMS": "false",
-                                        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_SYNC_MODULE_STATES": "true"}),
-    "fsdp-qlora.yaml": ("FSDP", "fsdp", {"FSDP_VERSION": "1", "FSDP_USE_ORIG_PARAMS": "false",
-                                         "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_OFFLOAD_PARAMS": "true"}),
+    "fsdp-lora.yaml": (
+        "FSDP",
+        "fsdp",
+        {
+            "FSDP_VERSION": "1",
+            "FSDP_USE_ORIG_PARAMS": "false",
+            "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
+            "FSDP_SYNC_MODULE_STATES": "true",
+        },
+    ),
+    "fsdp-qlora.yaml": (
+        "FSDP",
+        "fsdp",
+        {
+            "FSDP_VERSION": "1",
+            "FSDP_USE_ORIG_PARAMS": "false",
+            "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
+            "FSDP_OFFLOAD_PARAMS": "true",
+        },
+    ),
     "deepspeed-zero2.yaml": ("DEEPSPEED", "deepspeed", {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}),
-    "deepspeed-zero3.yaml": ("DEEPSPEED", "deepspeed-zero3", {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
-                                                             "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"}),
+    "deepspeed-zero3.yaml": (
+        "DEEPSPEED",
+        "deepspeed-zero3",
+        {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"},
+    ),
 }
 
 
 def launch_env(config: Path):
     """What `accelerate launch --config_file config training/train.py` gives each process (no GPU needed)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+    from accelerate.utils.launch import (
+        prepare_deepspeed_cmd_env,
+        prepare_multi_gpu_env,
+        prepare_simple_launcher_cmd_env,
+    )
 
     parser = launch_command_parser()
     args, defaults, _ = _validate_launch_command(parser.parse_args(["--config_file", str(config), "train.py"]))
@@ -70,7 +93,10 @@ def test_each_config_parses_as_accelerate_launches_it_and_names_its_command(name
     for key, value in fields.items():
         assert (env.get(key) if key.isupper() else getattr(args, key)) == value, key
     assert "mixed_precision" not in yaml.safe_load((CONFIGS / name).read_text())  # precision is Finch's (T4: fp16)
-    assert f"accelerate launch --config_file training/accelerate_configs/{name} training/train.py" in (CONFIGS / name).read_text()
+    assert (
+        f"accelerate launch --config_file training/accelerate_configs/{name} training/train.py"
+        in (CONFIGS / name).read_text()
+    )
 
 
 def test_fsdp_and_zero3_qlora_store_4bit_weights_in_the_compute_dtype_and_leave_placement_to_the_sharder():
@@ -103,15 +129,41 @@ def test_sharded_strategies_swap_8bit_adamw_and_the_global_batch_counts_processe
 
 
 # Two processes on the CPU recipe, 6 steps of global batch 8, a checkpoint every 3 steps.
-SHORT = ["--config", str(CPU_RECIPE), "--max_rows", "64", "--max_steps", "6", "--logging_steps", "1",
-         "--save_steps", "3", "--eval_steps", "6", "--max_seq_length", "128", "--sample_max_new_tokens", "8",
-         "--verify", "false"]
+SHORT = [
+    "--config",
+    str(CPU_RECIPE),
+    "--max_rows",
+    "64",
+    "--max_steps",
+    "6",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "3",
+    "--eval_steps",
+    "6",
+    "--max_seq_length",
+    "128",
+    "--sample_max_new_tokens",
+    "8",
+    "--verify",
+    "false",
+]
 
 
 def launch(run_dir, *extra, ok=True):
     accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--config_file", str(CONFIGS / "cpu-2proc.yaml"), str(ROOT / "training" / "train.py"),
-           *SHORT, "--output_dir", str(run_dir), *extra]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(CONFIGS / "cpu-2proc.yaml"),
+        str(ROOT / "training" / "train.py"),
+        *SHORT,
+        "--output_dir",
+        str(run_dir),
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert (proc.returncode == 0) == ok, proc.stderr[-4000:]
     return proc.stdout + proc.stderr
@@ -138,8 +190,10 @@ def test_two_cpu_processes_train_one_adapter_log_once_and_resume(tmp_path):
     assert [p.parent.name for p in run_dir.rglob("adapter_config.json") if "checkpoints" not in p.parts] == ["adapter"]
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     # Both processes keep their RNG state in the one checkpoint, so a resume restores each.
-    assert sorted(p.name for p in (run_dir / "checkpoints" / "checkpoint-3").glob("rng_state_*")) == \
-        ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "checkpoint-3").glob("rng_state_*")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
     writers = {p.name.split(".")[-2] for p in (run_dir / "logs").glob("events.out.tfevents.*")}
     assert len(writers) == 1 and not (run_dir / "checkpoints" / "runs").exists()  # one process wrote them, in logs/
 

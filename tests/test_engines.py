@@ -50,8 +50,12 @@ def test_prompt_ids_match_the_hf_tokenizers_chat_template(request, service_name,
 def test_greedy_reply_is_sensible_repeatable_and_ends_with_eos(request, service_name, embedded_hf):
     engine = request.getfixturevalue(service_name).engine
     tokenizer = AutoTokenizer.from_pretrained(embedded_hf)
-    ids = engine.encode_chat([{"role": "system", "content": "You are a helpful assistant."},
-                              {"role": "user", "content": "What is the capital of France?"}])
+    ids = engine.encode_chat(
+        [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]
+    )
     params = GenerationParams(temperature=0.0, max_new_tokens=300, repetition_penalty=1.0)
     first = "".join(engine.stream(ids, params, threading.Event()))
     second = "".join(engine.stream(ids, params, threading.Event()))
@@ -90,12 +94,11 @@ def test_cancel_stops_generation_within_a_second(request, service_name):
 
 def test_an_adapter_loads_with_its_base_read_from_its_own_config(tmp_path, embedded_hf, transformers_service):
     """What a Space does with only FINCH_ADAPTER set: find the base, load base + LoRA, answer."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from chat_runtime import ChatService, ModelSpec
-
-    import torch
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(embedded_hf)

@@ -23,8 +23,15 @@ ENV = {**os.environ, "FINCH_THREADS": "1"}
 
 
 def evaluate(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, str(ROOT / "training" / "evaluate.py"), "--config", str(QUICK), *args],
-                          cwd=ROOT, capture_output=True, text=True, env=env or ENV, timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "training" / "evaluate.py"), "--config", str(QUICK), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def replies_only(run_dir: Path, out: Path, judged_lines: int = 0) -> Path:
@@ -42,16 +49,37 @@ def replies_only(run_dir: Path, out: Path, judged_lines: int = 0) -> Path:
 
 # --- fast: parsing and tallies ------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, score", [("Score: 4", 4), ("score is 5/5", 5), ("**Score:** 2", 2), ("3", 3),
-                                         ("4/5.", 4), ("The answer is 1.5.", None), ("Score: 7", None), ("", None),
-                                         ("I rate it 10 out of 10", None)])
+
+@pytest.mark.parametrize(
+    "text, score",
+    [
+        ("Score: 4", 4),
+        ("score is 5/5", 5),
+        ("**Score:** 2", 2),
+        ("3", 3),
+        ("4/5.", 4),
+        ("The answer is 1.5.", None),
+        ("Score: 7", None),
+        ("", None),
+        ("I rate it 10 out of 10", None),
+    ],
+)
 def test_scores_are_read_only_from_the_asked_format(text, score):
     assert judge.parse_score(text) == score
 
 
-@pytest.mark.parametrize("text, verdict", [("Verdict: A", "A"), ("verdict: tie", "tie"), ("Verdict: **B**", "B"),
-                                           ("B", "B"), ("[A]", "A"), ("A is better because", None),
-                                           ("The answer is:\n[End of reply B]", None)])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("Verdict: A", "A"),
+        ("verdict: tie", "tie"),
+        ("Verdict: **B**", "B"),
+        ("B", "B"),
+        ("[A]", "A"),
+        ("A is better because", None),
+        ("The answer is:\n[End of reply B]", None),
+    ],
+)
 def test_verdicts_are_read_only_from_the_asked_format(text, verdict):
     assert judge.parse_verdict(text) == verdict
 
@@ -88,7 +116,6 @@ def test_a_missing_rubric_says_which_file():
 # --- the real thing on the trained CPU recipe -----------------------------------------------------
 
 
-
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)
 def test_train_evaluates_the_fine_tune_against_its_base_and_the_card_has_the_table(trained_run):
@@ -101,7 +128,9 @@ def test_train_evaluates_the_fine_tune_against_its_base_and_the_card_has_the_tab
         entry = report[side]
         assert set(entry) >= {"mean_score", "scored", "unparsed", "perplexity"}
         assert entry["scored"] + entry["unparsed"] == n  # parse failures counted, never dropped
-    assert report["finetuned"]["perplexity"] < report["base"]["perplexity"]  # the fine-tune fits held-out replies better
+    assert (
+        report["finetuned"]["perplexity"] < report["base"]["perplexity"]
+    )  # the fine-tune fits held-out replies better
     pairwise = report["pairwise"]
     assert sum(pairwise[k] for k in ("win", "tie", "loss", "unparsed")) == n
     assert report["judge"]["weak"] and report["judge"]["params"] < 2e8
@@ -122,8 +151,17 @@ def test_a_judge_on_an_openai_compatible_server_with_a_key_that_is_never_shown(t
     key = "sk-judge-secret-1234"
     server = llama_servers(api_key=key).start()
     out = replies_only(trained_run[0], tmp_path / "served")
-    proc = evaluate("--adapter", str(trained_run[0] / "adapter"), "--output_dir", str(out), "--judge_url", server.url,
-                    "--judge_model", server.MODEL, env={**ENV, "FINCH_JUDGE_API_KEY": key})
+    proc = evaluate(
+        "--adapter",
+        str(trained_run[0] / "adapter"),
+        "--output_dir",
+        str(out),
+        "--judge_url",
+        server.url,
+        "--judge_model",
+        server.MODEL,
+        env={**ENV, "FINCH_JUDGE_API_KEY": key},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["judge"]["model"] == f"{server.MODEL} · inference server" and not report["judge"]["weak"]
@@ -138,8 +176,16 @@ def test_a_judge_on_an_openai_compatible_server_with_a_key_that_is_never_shown(t
 @pytest.mark.timeout(900)
 def test_a_killed_evaluation_resumes_where_it_stopped(trained_run, tmp_path):
     out = replies_only(trained_run[0], tmp_path / "killed")
-    args = [sys.executable, str(ROOT / "training" / "evaluate.py"), "--config", str(QUICK),
-            "--adapter", str(trained_run[0] / "adapter"), "--output_dir", str(out)]
+    args = [
+        sys.executable,
+        str(ROOT / "training" / "evaluate.py"),
+        "--config",
+        str(QUICK),
+        "--adapter",
+        str(trained_run[0] / "adapter"),
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     judged = out / "judged.jsonl"
     deadline = time.time() + 300
@@ -164,11 +210,21 @@ def test_a_dead_judge_gives_a_clear_message_and_keeps_what_was_scored(trained_ru
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = replies_only(trained_run[0], tmp_path / "dead", judged_lines=3)
-    proc = evaluate("--adapter", str(trained_run[0] / "adapter"), "--output_dir", str(out),
-                    "--judge_url", f"http://127.0.0.1:{port}/v1", "--judge_model", "judge")
+    proc = evaluate(
+        "--adapter",
+        str(trained_run[0] / "adapter"),
+        "--output_dir",
+        str(out),
+        "--judge_url",
+        f"http://127.0.0.1:{port}/v1",
+        "--judge_model",
+        "judge",
+    )
     assert proc.returncode == 1
     message = proc.stderr.strip().splitlines()
-    assert any(line.startswith("Evaluation stopped: The inference server is not reachable") for line in message), proc.stderr[-2000:]
+    assert any(line.startswith("Evaluation stopped: The inference server is not reachable") for line in message), (
+        proc.stderr[-2000:]
+    )
     assert "3 of 12 judgements are kept" in proc.stderr and "rerun the same command to resume" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len((out / "judged.jsonl").read_text().splitlines()) == 3 and not (out / "report.md").exists()

@@ -5,7 +5,6 @@ trained, system prompts on families without a system role, recipes."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from chat_runtime import families
 from chat_runtime.families import BY_NAME, SystemRoleError, fold_system
@@ -38,8 +37,13 @@ def tokenizers():
 def tokenize(tokenizer, messages):
     """Training's own batch tokenizer on one row (the Rust encoder: tiktoken's equivalence check for
     Llama 3 is proven in test_fastbpe, and is slow)."""
-    row = masking._tokenize_batch({"messages": [messages]}, tokenizer.chat_template, tokenizer.special_tokens_map,
-                                  masking.RustBatch(tokenizer), None)
+    row = masking._tokenize_batch(
+        {"messages": [messages]},
+        tokenizer.chat_template,
+        tokenizer.special_tokens_map,
+        masking.RustBatch(tokenizer),
+        None,
+    )
     assert row["bad_reason"] == [""], row["bad_reason"]
     return row["input_ids"][0], row["labels"][0]
 
@@ -77,13 +81,16 @@ def test_each_family_trains_exactly_its_replies_and_their_end_of_turn_token(toke
     assert labels.count(eot) == len(REPLIES)
 
 
-@pytest.mark.parametrize("name, injected", [
-    ("qwen2.5", "You are Qwen, created by Alibaba Cloud"),  # default system prompt when none is given
-    ("qwen3", "<think>\n\n</think>"),  # the empty think block before the last reply
-    ("smollm3", "## Metadata"),  # the metadata header
-    ("gemma2", "<start_of_turn>model\n"),  # the assistant's role name
-    ("llama3", "Cutting Knowledge Date"),
-])
+@pytest.mark.parametrize(
+    "name, injected",
+    [
+        ("qwen2.5", "You are Qwen, created by Alibaba Cloud"),  # default system prompt when none is given
+        ("qwen3", "<think>\n\n</think>"),  # the empty think block before the last reply
+        ("smollm3", "## Metadata"),  # the metadata header
+        ("gemma2", "<start_of_turn>model\n"),  # the assistant's role name
+        ("llama3", "Cutting Knowledge Date"),
+    ],
+)
 def test_text_the_template_adds_is_in_the_prompt_never_in_the_loss(tokenizers, name, injected):
     tok = tokenizers(name)
     messages = MESSAGES[1:] if name == "qwen2.5" else MESSAGES
@@ -101,18 +108,26 @@ def test_the_serving_prompt_is_exactly_the_start_of_the_training_ids(tokenizers,
     tok = tokenizers(name)
     ids, _ = tokenize(tok, MESSAGES)
     role = families.system_role(tok.chat_template)
-    parts = segments(tok.chat_template, fold_system(MESSAGES[:-1], role), add_generation_prompt=True,
-                     special_tokens=tok.special_tokens_map)
+    parts = segments(
+        tok.chat_template,
+        fold_system(MESSAGES[:-1], role),
+        add_generation_prompt=True,
+        special_tokens=tok.special_tokens_map,
+    )
     prompt, _ = encode(parts, lambda text: tok(text, add_special_tokens=False)["input_ids"])
-    assert ids[:len(prompt)] == prompt and len(prompt) < len(ids)
+    assert ids[: len(prompt)] == prompt and len(prompt) < len(ids)
 
 
 def test_a_wrong_end_of_turn_token_would_be_caught(tokenizers):
     """Gemma's EOS is not its end-of-turn token: cutting replies at the EOS would train no stop at all."""
     tok = tokenizers("gemma2")
     assert tok.eos_token != "<end_of_turn>"
-    parts = segments(tok.chat_template, fold_system(MESSAGES, "fold"), add_generation_prompt=False,
-                     special_tokens=tok.special_tokens_map)
+    parts = segments(
+        tok.chat_template,
+        fold_system(MESSAGES, "fold"),
+        add_generation_prompt=False,
+        special_tokens=tok.special_tokens_map,
+    )
     assert [p.text for p in parts if p.reply] == [r + "<end_of_turn>" for r in REPLIES]
 
 
@@ -164,7 +179,9 @@ def test_each_family_has_a_recipe_that_parses_headed_by_its_command(repo_root, f
 # (llama.cpp's rule for Phi-3, and its tokenizer.json), so llama.cpp's own rendering of the template
 # drops the "\n" after each <|end|>, while training and both engines, which tokenize turn by turn,
 # keep it. The engines agree with training; the whole-prompt rendering (an inference server) does not.
-PHI_DRIFT = pytest.mark.xfail(strict=True, reason="a whole-prompt rendering strips the newline after Phi-3 control tokens")
+PHI_DRIFT = pytest.mark.xfail(
+    strict=True, reason="a whole-prompt rendering strips the newline after Phi-3 control tokens"
+)
 E2E_FAMILIES = [pytest.param(name, marks=PHI_DRIFT) if name == "phi3.5" else name for name in standin.FAMILY_NAMES]
 
 
@@ -179,15 +196,25 @@ def test_each_family_trains_exports_and_serves_with_the_ids_it_was_trained_on(re
     import sys
 
     out = tmp_path / name
-    proc = subprocess.run([sys.executable, str(repo_root / "scripts" / "family_check.py"), name, str(out)],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "family_check.py"), name, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert (out / "report.json").is_file(), proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     failed = [c for c in report["checks"] if not c["passed"]]
     assert not failed and proc.returncode == 0, (failed, proc.stdout[-500:])
     names = {c["name"] for c in report["checks"]}
-    assert {"trained", "exported", "gguf_stops_on_end_of_turn", "transformers_prompt_equals_training",
-            "llamacpp_prompt_equals_training", "llamacpp_own_template_rendering_equals_training"} <= names
+    assert {
+        "trained",
+        "exported",
+        "gguf_stops_on_end_of_turn",
+        "transformers_prompt_equals_training",
+        "llamacpp_prompt_equals_training",
+        "llamacpp_own_template_rendering_equals_training",
+    } <= names
     assert report["family"] == name and report["messages"][0]["role"] == "system" and report["train_ids"]
     assert report["gguf"].endswith("-q8_0.gguf")
 

@@ -14,15 +14,19 @@ from finetune import fastbpe, masking
 pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
 
 # Characters from the scripts, digits, spaces and symbols byte-level tokenizers treat differently.
-ALPHABET = ("abcXYZ ಕನ್ನಡ ಮಾತು हिन्दी 中文字 ́é ß 0123456789 \n\n\t\r '’\".,;:!?-_*#@<>/\\()[]{} 😀👍🏽 \u200b\u00a0"
-            "<|eot_id|> <|start_header_id|> 's 'LL 're ")
+ALPHABET = (
+    "abcXYZ ಕನ್ನಡ ಮಾತು हिन्दी 中文字 ́é ß 0123456789 \n\n\t\r '’\".,;:!?-_*#@<>/\\()[]{} 😀👍🏽 \u200b\u00a0"
+    "<|eot_id|> <|start_header_id|> 's 'LL 're "
+)
 
 
 def _fuzz(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     pieces = ALPHABET.split(" ") + list(ALPHABET)
-    return ["".join(rng.choice(pieces) + rng.choice(["", " ", "  ", "\n"]) for _ in range(rng.randint(1, 40)))
-            for _ in range(count)]
+    return [
+        "".join(rng.choice(pieces) + rng.choice(["", " ", "  ", "\n"]) for _ in range(rng.randint(1, 40)))
+        for _ in range(count)
+    ]
 
 
 def test_llama3s_real_tokenizer_is_encoded_by_tiktoken_with_the_same_ids(meta_llama3, repo_root):
@@ -58,14 +62,18 @@ def test_worker_processes_give_the_rows_of_one_process(meta_llama3, repo_root):
     assert alone["input_ids"] == workers["input_ids"] and alone["labels"] == workers["labels"]
 
 
-@pytest.mark.parametrize("rows, fast, asked, expected", [
-    (390_000, True, None, "cores"),  # a large set through tiktoken: a process per core
-    (390_000, False, None, None),    # the Rust tokenizer uses every core from one process
-    (1_000, True, None, None),       # too small to pay for starting workers
-    (1_000, False, 3, 3),            # what the user asked for wins
-])
-def test_data_processes_default_to_one_per_core_only_where_that_pays(meta_llama3, embedded_hf, rows, fast, asked,
-                                                                      expected):
+@pytest.mark.parametrize(
+    "rows, fast, asked, expected",
+    [
+        (390_000, True, None, "cores"),  # a large set through tiktoken: a process per core
+        (390_000, False, None, None),  # the Rust tokenizer uses every core from one process
+        (1_000, True, None, None),  # too small to pay for starting workers
+        (1_000, False, 3, 3),  # what the user asked for wins
+    ],
+)
+def test_data_processes_default_to_one_per_core_only_where_that_pays(
+    meta_llama3, embedded_hf, rows, fast, asked, expected
+):
     import os
 
     encode = masking.encoder(meta_llama3 if fast else AutoTokenizer.from_pretrained(embedded_hf))

@@ -17,8 +17,14 @@ PROMPT = "you> "
 
 
 def spawn(repo_root, *args: str) -> pexpect.spawn:
-    child = pexpect.spawn(sys.executable, [str(repo_root / "gguf" / "chat.py"), *args], cwd=str(repo_root),
-                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+    child = pexpect.spawn(
+        sys.executable,
+        [str(repo_root / "gguf" / "chat.py"), *args],
+        cwd=str(repo_root),
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 200),
+    )
     child.expect_exact(PROMPT)
     return child
 
@@ -38,7 +44,9 @@ def read_reply(child: pexpect.spawn) -> tuple[str, list[float]]:
 
 @pytest.mark.e2e
 def test_chat_streams_replies_resets_and_leaves_on_ctrl_d(repo_root):
-    child = spawn(repo_root, "--temperature", "0", "--max_new_tokens", "64", "--system_prompt", "You are a helpful assistant.")
+    child = spawn(
+        repo_root, "--temperature", "0", "--max_new_tokens", "64", "--system_prompt", "You are a helpful assistant."
+    )
     assert "SmolLM2-135M-Instruct.Q4_1.gguf · llama.cpp · CPU" in child.before
     child.sendline("What is the capital of France?")
     child.expect_exact("bot> ")
@@ -86,8 +94,13 @@ def test_broken_gguf_is_one_clear_line(repo_root, tmp_path, embedded_gguf):
         str(tmp_path / "absent.gguf"): "not found",
     }
     for path, expected in cases.items():
-        proc = subprocess.run([sys.executable, str(repo_root / "gguf" / "chat.py"), "--gguf", path],
-                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, str(repo_root / "gguf" / "chat.py"), "--gguf", path],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 2
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]

@@ -45,8 +45,16 @@ def export_cmd(repo_root: Path, *args: str) -> list[str]:
 def trained(tmp_path_factory, embedded_hf, repo_root):
     """A real LoRA adapter trained on the embedded model, and the fine-tune's greedy replies."""
     folder = tmp_path_factory.mktemp("gguf-adapter")
-    cmd = [sys.executable, str(repo_root / "tests" / "gguf_reference.py"), "--base", str(embedded_hf),
-           "--adapter_out", str(folder / "adapter"), "--reference_out", str(folder / "reference.json")]
+    cmd = [
+        sys.executable,
+        str(repo_root / "tests" / "gguf_reference.py"),
+        "--base",
+        str(embedded_hf),
+        "--adapter_out",
+        str(folder / "adapter"),
+        "--reference_out",
+        str(folder / "reference.json"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "adapter", json.loads((folder / "reference.json").read_text())
@@ -57,9 +65,23 @@ def exported(trained, tmp_path_factory, repo_root):
     """The entry script run on that adapter: q8_0, q4_k_m and f16, plus the LoRA GGUF."""
     adapter, _ = trained
     out = tmp_path_factory.mktemp("gguf-out")
-    proc = subprocess.run(export_cmd(repo_root, "--adapter", str(adapter), "--name", "ahoy", "--quant", *QUANTS,
-                                     "--lora_gguf", "--output_dir", str(out)),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        export_cmd(
+            repo_root,
+            "--adapter",
+            str(adapter),
+            "--name",
+            "ahoy",
+            "--quant",
+            *QUANTS,
+            "--lora_gguf",
+            "--output_dir",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -82,7 +104,9 @@ def test_export_writes_each_quant_whole_with_template_and_eos(exported, embedded
     out, stdout = exported
     tokenizer = AutoTokenizer.from_pretrained(embedded_hf)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["Modelfile", "README.md", "ahoy-lora-f16.gguf"] + [f"ahoy-{q}.gguf" for q in QUANTS])  # no scratch left
+    assert names == sorted(
+        ["Modelfile", "README.md", "ahoy-lora-f16.gguf"] + [f"ahoy-{q}.gguf" for q in QUANTS]
+    )  # no scratch left
     for quant in QUANTS:
         meta = inspect_gguf(out / f"ahoy-{quant}.gguf")
         assert meta["tokenizer.chat_template"] == tokenizer.chat_template
@@ -110,13 +134,18 @@ def test_quantized_files_agree_with_the_finetuned_transformers_model(exported, t
         llm.close()
         rates[quant], openings[quant] = agree / len(reference["outputs"]), ahoy
     with capsys.disabled():
-        print("\nGGUF vs fine-tuned transformers, first 32 greedy tokens equal: "
-              + ", ".join(f"{q} {r:.0%}" for q, r in rates.items())
-              + "; replies opening with the fine-tune's 'Ahoy!': " + ", ".join(f"{q} {n}/8" for q, n in openings.items()))
+        print(
+            "\nGGUF vs fine-tuned transformers, first 32 greedy tokens equal: "
+            + ", ".join(f"{q} {r:.0%}" for q, r in rates.items())
+            + "; replies opening with the fine-tune's 'Ahoy!': "
+            + ", ".join(f"{q} {n}/8" for q, n in openings.items())
+        )
     for quant, count in openings.items():
         assert count >= MIN_OPENINGS[quant], f"{quant}: only {count}/8 replies open with the fine-tune's 'Ahoy!'"
     for quant, rate in rates.items():
-        assert rate >= MIN_AGREEMENT[quant], f"{quant}: {rate:.0%} of prompts agree, expected at least {MIN_AGREEMENT[quant]:.0%}"
+        assert rate >= MIN_AGREEMENT[quant], (
+            f"{quant}: {rate:.0%} of prompts agree, expected at least {MIN_AGREEMENT[quant]:.0%}"
+        )
 
 
 @pytest.mark.e2e
@@ -127,8 +156,9 @@ def test_lora_gguf_applies_the_finetune_to_the_base_gguf(exported, trained, embe
     params = GenerationParams(temperature=0.0, max_new_tokens=6, repetition_penalty=1.0)
 
     def opening(service, question):
-        ids = service.engine.encode_chat([{"role": "system", "content": "You are a helpful assistant."},
-                                          {"role": "user", "content": question}])
+        ids = service.engine.encode_chat(
+            [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": question}]
+        )
         return "".join(service.engine.stream(ids, params, threading.Event()))
 
     prompts = [r["prompt"] for r in reference["outputs"]][:4]  # a LoRA GGUF decodes at ~40% speed: keep it short
@@ -155,7 +185,9 @@ def test_card_and_modelfile_describe_the_files(exported):
 def test_the_card_reports_fidelity_of_every_file_written(exported):
     card = (exported[0] / "README.md").read_text()
     section = card.split("## Fidelity (`python gguf/verify.py`)", 1)[1]
-    hops = [line.split(" | ")[0].strip("| ") for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    hops = [
+        line.split(" | ")[0].strip("| ") for line in section.splitlines() if line.startswith("| ") and "---" not in line
+    ][1:]
     assert hops == ["peft", "merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]  # most to least precise
     assert "| merged | 100% (peft) | 100% |" in section  # a 16-bit merge keeps every greedy reply
     assert "NO: template drift" not in section
@@ -166,45 +198,89 @@ def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained,
     out, _ = exported
     adapter, _ = trained
     report = tmp_path / "verify.json"
-    proc = subprocess.run([sys.executable, str(repo_root / "gguf" / "verify.py"), "--adapter", str(adapter), "--gguf_dir",
-                           str(out), "--quant", "q8_0", "--max_new_tokens", "40", "--report", str(report)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "gguf" / "verify.py"),
+            "--adapter",
+            str(adapter),
+            "--gguf_dir",
+            str(out),
+            "--quant",
+            "q8_0",
+            "--max_new_tokens",
+            "40",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a reply ran past 40 tokens (said on stderr)
     assert "| gguf-q8_0 |" in proc.stdout and "agree with the previous hop" in proc.stdout
     data = json.loads(report.read_text())
     assert [h["name"] for h in data["hops"]] == ["peft", "merged", "gguf-q8_0"]
     assert all(h["texts"][0].startswith("Ahoy!") for h in data["hops"])  # the fine-tune survives every hop
     assert (proc.returncode == 1) == (not all(data["hops"][0]["ended"]))
-    missing = subprocess.run([sys.executable, str(repo_root / "gguf" / "verify.py"), "--adapter", str(adapter),
-                              "--gguf_dir", str(tmp_path), "--quant", "q8_0"], capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "expected one *-q8_0.gguf in" in missing.stderr and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "gguf" / "verify.py"),
+            "--adapter",
+            str(adapter),
+            "--gguf_dir",
+            str(tmp_path),
+            "--quant",
+            "q8_0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        missing.returncode == 2
+        and "expected one *-q8_0.gguf in" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 @pytest.mark.e2e
 def test_push_to_hub_fails_cleanly_offline_and_never_shows_the_token(exported, repo_root):
     out, _ = exported
     token = "hf_" + "finchTestSecret" + "0123456789abcdef"  # fake, split so no scanner takes it for real
-    code = ("import sys, pathlib; from gguf_export.hub import push; from gguf_export import ExportError\n"
-            f"folder = pathlib.Path({str(out)!r})\n"
-            "try:\n    push(folder, sorted(folder.iterdir()), 'finch-tests/ahoy-GGUF', private=True)\n"
-            "except ExportError as err:\n    print(err); sys.exit(2)\n")
+    code = (
+        "import sys, pathlib; from gguf_export.hub import push; from gguf_export import ExportError\n"
+        f"folder = pathlib.Path({str(out)!r})\n"
+        "try:\n    push(folder, sorted(folder.iterdir()), 'finch-tests/ahoy-GGUF', private=True)\n"
+        "except ExportError as err:\n    print(err); sys.exit(2)\n"
+    )
     env = {**os.environ, "HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Uploading to finch-tests/ahoy-GGUF failed" in proc.stdout and "hf upload finch-tests/ahoy-GGUF" in proc.stdout
+    assert (
+        "Uploading to finch-tests/ahoy-GGUF failed" in proc.stdout and "hf upload finch-tests/ahoy-GGUF" in proc.stdout
+    )
     assert token not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 # Errors: each says what went wrong and what to do, and leaves nothing at the final path.
 
+
 def test_unknown_quant_is_refused_before_any_work(repo_root, tmp_path):
-    with pytest.raises(ExportError, match=r"unknown quantization 'q3_k': choose from q4_k_m \(default\), q5_k_m, q8_0, f16"):
+    with pytest.raises(
+        ExportError, match=r"unknown quantization 'q3_k': choose from q4_k_m \(default\), q5_k_m, q8_0, f16"
+    ):
         parse_quants(["q8_0", "q3_k"])
     assert parse_quants(["Q8_0,q4_k_m", "q8_0"]) == ["q8_0", "q4_k_m"]
     out = tmp_path / "out"
-    proc = subprocess.run(export_cmd(repo_root, "--model", "/nowhere", "--quant", "q3_k", "--output_dir", str(out)),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        export_cmd(repo_root, "--model", "/nowhere", "--quant", "q3_k", "--output_dir", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "unknown quantization 'q3_k'" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
 
@@ -212,18 +288,33 @@ def test_unknown_quant_is_refused_before_any_work(repo_root, tmp_path):
 def _adapter(folder: Path, base: str, **config) -> Path:
     """An adapter folder as peft writes it, with a chosen base and LoRA settings (no weights needed)."""
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "base_model_name_or_path": base, "r": 8, "lora_alpha": 16,
-        "target_modules": ["q_proj", "v_proj"], **config}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "base_model_name_or_path": base,
+                "r": 8,
+                "lora_alpha": 16,
+                "target_modules": ["q_proj", "v_proj"],
+                **config,
+            }
+        )
+    )
     return folder
 
 
 def test_adapter_whose_base_cannot_be_found(tmp_path):
     missing_folder = _adapter(tmp_path / "a", "/models/gone/SmolLM2")
-    with pytest.raises(ExportError, match=r"base model '/models/gone/SmolLM2' of adapter .* can't be found: there is no such folder.*--model DIR"):
+    with pytest.raises(
+        ExportError,
+        match=r"base model '/models/gone/SmolLM2' of adapter .* can't be found: there is no such folder.*--model DIR",
+    ):
         resolve_adapter(str(missing_folder), None)
     offline_hub = _adapter(tmp_path / "b", "finch-tests/no-such-base")
-    with pytest.raises(ExportError, match=r"'finch-tests/no-such-base' of adapter .* can't be found: not a local folder, and the Hub .*--model DIR"):
+    with pytest.raises(
+        ExportError,
+        match=r"'finch-tests/no-such-base' of adapter .* can't be found: not a local folder, and the Hub .*--model DIR",
+    ):
         resolve_adapter(str(offline_hub), None)
 
 
@@ -232,15 +323,24 @@ def test_lora_gguf_refuses_adapters_that_train_embeddings_or_head(tmp_path, embe
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(embedded_hf)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "lm_head"], modules_to_save=["embed_tokens"]))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "lm_head"], modules_to_save=["embed_tokens"])
+    )
     peft_model.save_pretrained(tmp_path / "real")
     with pytest.raises(ExportError, match=r"it trains embed_tokens and lm_head.*llama.cpp#11554.*Drop --lora_gguf"):
         check_lora_gguf(tmp_path / "real")
     # Refused before any work: the pipeline stops before merging or converting.
     only_config = _adapter(tmp_path / "cfg", str(embedded_hf), target_modules=["q_proj"], modules_to_save=["lm_head"])
     with pytest.raises(ExportError, match="modules_to_save"):
-        run_export(adapter=str(only_config), model=None, output_dir=tmp_path / "out", name=None, quants=["q8_0"],
-                   lora_gguf=True, cache=tmp_path / "cache")
+        run_export(
+            adapter=str(only_config),
+            model=None,
+            output_dir=tmp_path / "out",
+            name=None,
+            quants=["q8_0"],
+            lora_gguf=True,
+            cache=tmp_path / "cache",
+        )
     assert not (tmp_path / "out").exists()
     check_lora_gguf(_adapter(tmp_path / "fine", str(embedded_hf)))  # plain attention LoRA: accepted
 
@@ -250,9 +350,13 @@ def test_unsupported_architecture_surfaces_the_converters_error(tmp_path):
 
     model = tmp_path / "toy"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"architectures": ["FinchToyForCausalLM"], "model_type": "finch_toy"}))
+    (model / "config.json").write_text(
+        json.dumps({"architectures": ["FinchToyForCausalLM"], "model_type": "finch_toy"})
+    )
     with pytest.raises(ExportError) as info:
-        run_export(adapter=None, model=str(model), output_dir=tmp_path / "out", name=None, quants=["q8_0"], cache=cache_dir())
+        run_export(
+            adapter=None, model=str(model), output_dir=tmp_path / "out", name=None, quants=["q8_0"], cache=cache_dir()
+        )
     message = str(info.value)
     assert "\n" not in message
     assert "Model FinchToyForCausalLM is not supported" in message and "--llama_cpp_dir" in message
@@ -274,7 +378,9 @@ def test_truncated_or_corrupt_gguf_is_refused_with_a_clear_message(tmp_path, emb
 
 def test_a_full_disk_leaves_no_half_file(tmp_path):
     final = tmp_path / "model-q8_0.gguf"
-    with pytest.raises(DiskFullError, match=r"No space left on the disk of .* is free.*nothing was left at the final path"):
+    with pytest.raises(
+        DiskFullError, match=r"No space left on the disk of .* is free.*nothing was left at the final path"
+    ):
         with atomic_output(final) as tmp:
             tmp.write_bytes(b"GGUF" + b"\0" * 1000)  # half written when the disk fills up
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
@@ -308,8 +414,11 @@ def test_converter_from_a_checkout_or_a_clear_message_when_it_cannot_be_had(tmp_
     # An empty cache and no index: pip really fails, and the message says what to run.
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
-    with pytest.raises(ExportError, match=r"could not fetch llama.cpp's converter .*pip download --no-deps --no-binary :all: "
-                                          r"llama-cpp-python==[\d.]+ -d .*or pass --llama_cpp_dir"):
+    with pytest.raises(
+        ExportError,
+        match=r"could not fetch llama.cpp's converter .*pip download --no-deps --no-binary :all: "
+        r"llama-cpp-python==[\d.]+ -d .*or pass --llama_cpp_dir",
+    ):
         find_converter(None, tmp_path / "empty-cache")
     assert not (tmp_path / "empty-cache" / f"llama.cpp-{runtime_version()}").exists()
 
@@ -318,11 +427,20 @@ def test_modelfile_follows_the_template_family():
     from gguf_export.card import modelfile
     from gguf_export.pipeline import Artifact, Export
 
-    llama3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-              "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
-              "<|end_header_id|>\n\n{% endif %}")
-    result = Export("m", "meta-llama/Llama-3.2-1B-Instruct", None, "test", llama3, "<|eot_id|>",
-                    [Artifact(Path("m-q4_k_m.gguf"), "q4_k_m", 1.0)])
+    llama3 = (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
+        "<|end_header_id|>\n\n{% endif %}"
+    )
+    result = Export(
+        "m",
+        "meta-llama/Llama-3.2-1B-Instruct",
+        None,
+        "test",
+        llama3,
+        "<|eot_id|>",
+        [Artifact(Path("m-q4_k_m.gguf"), "q4_k_m", 1.0)],
+    )
     text = modelfile(result, "m-q4_k_m.gguf")
     assert "FROM ./m-q4_k_m.gguf" in text and "<|start_header_id|>{{ .Role }}<|end_header_id|>" in text
     assert 'PARAMETER stop "<|eot_id|>"' in text and "SYSTEM" not in text  # this template adds no system prompt
@@ -336,8 +454,12 @@ def test_a_killed_export_leaves_nothing_at_the_final_path(repo_root, embedded_hf
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen(export_cmd(repo_root, "--model", str(embedded_hf), "--quant", "q8_0", "--output_dir", str(out)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        export_cmd(repo_root, "--model", str(embedded_hf), "--quant", "q8_0", "--output_dir", str(out)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list(out.glob(".finch-export-*/*.gguf")):  # the converter is writing the f16 file
@@ -353,11 +475,15 @@ def test_a_killed_export_leaves_nothing_at_the_final_path(repo_root, embedded_hf
 def test_entry_scripts_shadow_nothing(repo_root):
     """gguf/export.py runs with gguf/ first on sys.path: nothing there may share a name with a module
     it imports (stdlib or installed), and `gguf` must still be llama.cpp's gguf-py."""
-    code = ("import importlib.metadata as m, importlib.util as u, sys, pathlib\n"
-            "names = {p.stem for p in pathlib.Path('.').iterdir() if p.suffix == '.py' or p.is_dir()} - {'__pycache__'}\n"
-            "installed = {t for d in m.distributions() for t in (d.read_text('top_level.txt') or '').split()}\n"
-            "print(sorted(names & (set(sys.stdlib_module_names) | installed)), u.find_spec('gguf').origin)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root / "gguf", capture_output=True, text=True, check=True)
+    code = (
+        "import importlib.metadata as m, importlib.util as u, sys, pathlib\n"
+        "names = {p.stem for p in pathlib.Path('.').iterdir() if p.suffix == '.py' or p.is_dir()} - {'__pycache__'}\n"
+        "installed = {t for d in m.distributions() for t in (d.read_text('top_level.txt') or '').split()}\n"
+        "print(sorted(names & (set(sys.stdlib_module_names) | installed)), u.find_spec('gguf').origin)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_root / "gguf", capture_output=True, text=True, check=True
+    )
     clashes, gguf_origin = proc.stdout.rsplit(" ", 1)
     assert clashes == "['gguf_export']" and "site-packages" in gguf_origin  # our own package only
 
@@ -374,9 +500,13 @@ def test_a_llama3_template_gguf_prompts_with_the_ids_training_used(embedded_hf, 
     from chat_runtime.engines.llamacpp_engine import LlamaCppEngine
     from finetune import masking
 
-    conversation = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What is 2 + 2?"},
-                    {"role": "assistant", "content": "4, of course."}, {"role": "user", "content": "ನಮಸ್ಕಾರ! 🙂"},
-                    {"role": "assistant", "content": "ನಮಸ್ಕಾರ!"}]
+    conversation = [
+        {"role": "system", "content": "You are brief."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4, of course."},
+        {"role": "user", "content": "ನಮಸ್ಕಾರ! 🙂"},
+        {"role": "assistant", "content": "ನಮಸ್ಕಾರ!"},
+    ]
     tok = llama3_tokenizer
     model = AutoModelForCausalLM.from_pretrained(embedded_hf, dtype=torch.float16)
     model.resize_token_embeddings(len(tok))
@@ -386,8 +516,9 @@ def test_a_llama3_template_gguf_prompts_with_the_ids_training_used(embedded_hf, 
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     del model
-    result = run_export(adapter=None, model=str(folder), output_dir=tmp_path / "gguf", name="l3", quants=["f16"],
-                        cache=cache_dir())
+    result = run_export(
+        adapter=None, model=str(folder), output_dir=tmp_path / "gguf", name="l3", quants=["f16"], cache=cache_dir()
+    )
     engine = LlamaCppEngine(ModelSpec(gguf=str(result.artifacts[0].path)))
     assert "<|start_header_id|>" in engine.template and engine.special_tokens["eos_token"] == "<|eot_id|>"
     trained, _ = masking.tokenize(Dataset.from_dict({"messages": [conversation]}), tok, max_length=None)
@@ -396,4 +527,3 @@ def test_a_llama3_template_gguf_prompts_with_the_ids_training_used(embedded_hf, 
         assert trained[0]["input_ids"][: len(prompt)] == prompt
         assert tok.convert_tokens_to_ids("<|start_header_id|>") in prompt[-6:]  # one control token, not its characters
     engine.llm.close()
-

@@ -13,8 +13,9 @@ def test_without_a_cuda_gpu_the_check_stops_at_once_and_says_why(repo_root):
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has nvidia-smi: the check would run for minutes")
     started = time.monotonic()
-    proc = subprocess.run(["bash", str(repo_root / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["bash", str(repo_root / "scripts" / "gpu_check.sh")], capture_output=True, text=True, timeout=60
+    )
     assert time.monotonic() - started < 5
     assert proc.returncode == 2 and proc.stdout == ""
     assert "no CUDA GPU on this machine" in proc.stderr
@@ -22,6 +23,7 @@ def test_without_a_cuda_gpu_the_check_stops_at_once_and_says_why(repo_root):
 
 
 def test_an_unknown_option_is_refused(repo_root):
-    proc = subprocess.run(["bash", str(repo_root / "scripts" / "gpu_check.sh"), "--fast"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(repo_root / "scripts" / "gpu_check.sh"), "--fast"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "unknown option --fast: use no option, or --prepare" in proc.stderr

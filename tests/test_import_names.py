@@ -3,7 +3,6 @@ llama.cpp's gguf-py). Our folders of those names must never shadow them."""
 
 import subprocess
 import sys
-
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _resolve(name: str, cwd) -> str:
     code = f"import importlib.util as u; s = u.find_spec({name!r}); print(s.origin if s else 'absent')"
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_gguf_is_llamacpp_gguf_py_even_from_the_repo_root():

@@ -68,15 +68,21 @@ def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(server):
     url, _ = server
     clients = [Client(url, verbose=False) for _ in range(QUEUE_SIZE + 1)]  # connected before the slot is taken
     # Greedy counting to 500 runs for ~1,000 tokens without an EOS: the slot stays taken while the queue fills.
-    long_job = Client(url, verbose=False).submit(message="Write the numbers from 1 to 500, separated by commas.",
-                                                 temperature=0, repetition_penalty=1.0, max_new_tokens=2000,
-                                                 api_name="/chat")
+    long_job = Client(url, verbose=False).submit(
+        message="Write the numbers from 1 to 500, separated by commas.",
+        temperature=0,
+        repetition_penalty=1.0,
+        max_new_tokens=2000,
+        api_name="/chat",
+    )
     deadline = time.monotonic() + 120
     while not long_job.outputs():  # it holds the one generation slot
         assert time.monotonic() < deadline and not long_job.done(), "the long reply never started"
         time.sleep(0.05)
-    waiting = [client.submit(message=f"Name a city in {country}.", temperature=0, max_new_tokens=2, api_name="/chat")
-               for client, country in zip(clients, COUNTRIES[:QUEUE_SIZE])]
+    waiting = [
+        client.submit(message=f"Name a city in {country}.", temperature=0, max_new_tokens=2, api_name="/chat")
+        for client, country in zip(clients, COUNTRIES[:QUEUE_SIZE])
+    ]
     while not all(job.status().code == Status.IN_QUEUE for job in waiting):  # every one has joined the queue
         assert time.monotonic() < deadline, [job.status().code for job in waiting]
         time.sleep(0.05)
@@ -99,7 +105,9 @@ def test_memory_stays_flat_over_200_requests(server):
             client = Client(url, verbose=False)
             for i in range(k, n, 4):
                 client.reset_session()  # a fresh conversation each time, as new visitors bring
-                client.predict(message=f"Say the number {offset + i}.", temperature=0, max_new_tokens=2, api_name="/chat")
+                client.predict(
+                    message=f"Say the number {offset + i}.", temperature=0, max_new_tokens=2, api_name="/chat"
+                )
 
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(worker, range(4)))

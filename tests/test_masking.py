@@ -17,6 +17,7 @@ CONVERSATION = [
     {"role": "assistant", "content": "ನಮಸ್ಕಾರ! 🙂"},
 ]
 
+
 @pytest.fixture(scope="module")
 def chatml(embedded_hf):
     return AutoTokenizer.from_pretrained(embedded_hf)
@@ -28,7 +29,7 @@ def llama3(llama3_tokenizer):
 
 
 def _trained_text(tok, ids, labels):
-    return tok.decode([i for i, l in zip(ids, labels) if l != masking.IGNORE])
+    return tok.decode([i for i, label in zip(ids, labels) if label != masking.IGNORE])
 
 
 @pytest.mark.parametrize("name", ["chatml", "llama3"])
@@ -41,7 +42,7 @@ def test_exactly_the_assistant_tokens_are_trained_eos_included(request, name):
     expected = [masking.IGNORE] * len(ids)
     for reply in ("4, of course.", "ನಮಸ್ಕಾರ! 🙂"):
         span = tok(reply + tok.eos_token, add_special_tokens=False)["input_ids"]
-        starts = [i for i in range(len(ids)) if ids[i:i + len(span)] == span]
+        starts = [i for i in range(len(ids)) if ids[i : i + len(span)] == span]
         assert len(starts) == 1, (reply, name)
         for j in range(starts[0], starts[0] + len(span)):
             expected[j] = ids[j]
@@ -57,7 +58,9 @@ def test_training_and_runtime_see_the_same_prompt_ids(request, name):
 
     tok = request.getfixturevalue(name)
     out, _ = masking.tokenize(Dataset.from_dict({"messages": [CONVERSATION]}), tok, max_length=None)
-    parts = segments(tok.chat_template, CONVERSATION[:-1], add_generation_prompt=True, special_tokens=tok.special_tokens_map)
+    parts = segments(
+        tok.chat_template, CONVERSATION[:-1], add_generation_prompt=True, special_tokens=tok.special_tokens_map
+    )
     runtime_ids, _ = encode(parts, lambda text: tok(text, add_special_tokens=False)["input_ids"])
     assert out[0]["input_ids"][: len(runtime_ids)] == runtime_ids
     if name == "chatml":  # and the HF tokenizer's own apply_chat_template agrees
@@ -96,7 +99,9 @@ def test_the_fast_batch_path_gives_the_ids_and_labels_of_one_by_one_tokenizing(r
     out, dropped = masking.tokenize(Dataset.from_dict({"messages": conversations}), tok, max_length=cut)
     kept, truncated = [], 0
     for messages in conversations:
-        parts = segments(tok.chat_template, messages, add_generation_prompt=False, special_tokens=tok.special_tokens_map)
+        parts = segments(
+            tok.chat_template, messages, add_generation_prompt=False, special_tokens=tok.special_tokens_map
+        )
         ids, mask = encode(parts, lambda text: tok(text, add_special_tokens=False)["input_ids"])
         labels = [i if m else masking.IGNORE for i, m in zip(ids, mask)][:cut]
         truncated += len(ids) > cut

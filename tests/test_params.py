@@ -14,7 +14,9 @@ def test_defaults_are_inside_their_ranges():
 
 def test_none_means_default_and_strings_of_numbers_are_accepted():
     params = validate(temperature=None, top_p="0.5", max_new_tokens=12.0, repetition_penalty=1)
-    assert params == GenerationParams(temperature=DEFAULTS.temperature, top_p=0.5, max_new_tokens=12, repetition_penalty=1.0)
+    assert params == GenerationParams(
+        temperature=DEFAULTS.temperature, top_p=0.5, max_new_tokens=12, repetition_penalty=1.0
+    )
     assert isinstance(params.max_new_tokens, int)
 
 

@@ -13,8 +13,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # real training runs 
 ROOT = Path(__file__).resolve().parents[1]
 DPO_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-dpo.yaml"
 # The recipe with fewer steps, evaluated before and after training only; the effect shows within them.
-QUICK_DPO = ["--config", str(DPO_RECIPE), "--max_steps", "16", "--save_steps", "8", "--eval_steps", "100",
-             "--logging_steps", "1", "--verify", "false", "--sample_max_new_tokens", "24"]
+QUICK_DPO = [
+    "--config",
+    str(DPO_RECIPE),
+    "--max_steps",
+    "16",
+    "--save_steps",
+    "8",
+    "--eval_steps",
+    "100",
+    "--logging_steps",
+    "1",
+    "--verify",
+    "false",
+    "--sample_max_new_tokens",
+    "24",
+]
 USER = [{"role": "user", "content": "Name a colour."}]
 
 
@@ -47,8 +61,15 @@ def test_dpo_shifts_the_sample_replies_toward_the_chosen_style(dpo_run):
 def test_the_dpo_card_and_plot_show_the_reward_metrics_next_to_the_bases(dpo_run):
     adapter = dpo_run[0] / "adapter"
     card = (adapter / "README.md").read_text()
-    for text in ("- dpo", "reward accuracy (base eval)", "reward accuracy (fine-tuned eval)", "reward margin",
-                 "chosen log-prob (fine-tuned eval)", "rejected log-prob (base eval)", "![train and eval loss](loss.png)"):
+    for text in (
+        "- dpo",
+        "reward accuracy (base eval)",
+        "reward accuracy (fine-tuned eval)",
+        "reward margin",
+        "chosen log-prob (fine-tuned eval)",
+        "rejected log-prob (base eval)",
+        "![train and eval loss](loss.png)",
+    ):
         assert text in card, text
     assert (adapter / "loss.png").stat().st_size > 10_000
     recipe = yaml.safe_load((adapter / "finch_recipe.yaml").read_text())
@@ -73,30 +94,70 @@ def test_a_dpo_run_killed_with_sigkill_resumes_to_the_same_losses(dpo_run, train
 
 def vote(kind: str, reply: str, prompt=USER) -> dict:
     """A like/dislike row as the chatbot writes it (see the README's vote row)."""
-    return {"kind": kind, "prompt": prompt, "reply": reply, "model": "finch", "settings": {"temperature": 0.7,
-            "top_p": 0.9, "max_new_tokens": 256, "repetition_penalty": 1.1}, "time": "2026-12-02T06:00:00Z"}
+    return {
+        "kind": kind,
+        "prompt": prompt,
+        "reply": reply,
+        "model": "finch",
+        "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "repetition_penalty": 1.1},
+        "time": "2026-12-02T06:00:00Z",
+    }
 
 
 def compare(question: str, left: str, right: str, choice: str) -> dict:
-    return {"kind": "compare", "prompt": [{"role": "system", "content": "You are a helpful assistant."},
-                                          {"role": "user", "content": question}],
-            "left": {"model": "base", "reply": left}, "right": {"model": "runs/dpo/adapter", "reply": right},
-            "choice": choice, "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256,
-                                           "repetition_penalty": 1.1}, "time": "2026-12-02T06:00:00Z"}
+    return {
+        "kind": "compare",
+        "prompt": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": question},
+        ],
+        "left": {"model": "base", "reply": left},
+        "right": {"model": "runs/dpo/adapter", "reply": right},
+        "choice": choice,
+        "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "repetition_penalty": 1.1},
+        "time": "2026-12-02T06:00:00Z",
+    }
 
 
 def test_the_chatbots_vote_rows_train_dpo_steps_on_top_of_an_adapter(dpo_run, train_script, tmp_path):
-    rows = [compare(f"What is {n} + {n}?", f"Well, let me think. It is {2 * n}, I believe.", f"In short: {2 * n}.",
-                    "right" if n % 2 else "left") for n in range(2, 10)]
-    rows += [vote("dislike", "Well, colours are a big subject. Blue."), vote("like", "In short: blue."),
-             compare("Hi", "Hello!", "Hi there!", "tie"), vote("like", "In short: red.", prompt=[
-                 {"role": "user", "content": "Another colour?"}])]
+    rows = [
+        compare(
+            f"What is {n} + {n}?",
+            f"Well, let me think. It is {2 * n}, I believe.",
+            f"In short: {2 * n}.",
+            "right" if n % 2 else "left",
+        )
+        for n in range(2, 10)
+    ]
+    rows += [
+        vote("dislike", "Well, colours are a big subject. Blue."),
+        vote("like", "In short: blue."),
+        compare("Hi", "Hello!", "Hi there!", "tie"),
+        vote("like", "In short: red.", prompt=[{"role": "user", "content": "Another colour?"}]),
+    ]
     votes = tmp_path / "votes.jsonl"
     votes.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_dir = tmp_path / "from-votes"
-    proc = train_script[0]("--config", str(DPO_RECIPE), "--dataset", str(votes), "--adapter", str(dpo_run[0] / "adapter"),
-                           "--max_steps", "2", "--eval_fraction", "0", "--logging_steps", "1", "--verify", "false",
-                           "--sample_max_new_tokens", "4", "--output_dir", str(run_dir))
+    proc = train_script[0](
+        "--config",
+        str(DPO_RECIPE),
+        "--dataset",
+        str(votes),
+        "--adapter",
+        str(dpo_run[0] / "adapter"),
+        "--max_steps",
+        "2",
+        "--eval_fraction",
+        "0",
+        "--logging_steps",
+        "1",
+        "--verify",
+        "false",
+        "--sample_max_new_tokens",
+        "4",
+        "--output_dir",
+        str(run_dir),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and metrics["rows"]["train"] == 9
@@ -111,9 +172,26 @@ def test_orpo_takes_real_steps(train_script, tmp_path):
     from safetensors.torch import load_file
 
     run_dir = tmp_path / "orpo"
-    proc = train_script[0]("--config", str(DPO_RECIPE), "--method", "orpo", "--max_rows", "16", "--max_steps", "2",
-                           "--eval_fraction", "0", "--logging_steps", "1", "--verify", "false",
-                           "--sample_max_new_tokens", "4", "--output_dir", str(run_dir))
+    proc = train_script[0](
+        "--config",
+        str(DPO_RECIPE),
+        "--method",
+        "orpo",
+        "--max_rows",
+        "16",
+        "--max_steps",
+        "2",
+        "--eval_fraction",
+        "0",
+        "--logging_steps",
+        "1",
+        "--verify",
+        "false",
+        "--sample_max_new_tokens",
+        "4",
+        "--output_dir",
+        str(run_dir),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
     logs = [e for e in metrics["log_history"] if "loss" in e]
@@ -126,8 +204,9 @@ def test_orpo_takes_real_steps(train_script, tmp_path):
 def test_a_preference_set_without_usable_pairs_fails_before_the_model_loads(train_script, tmp_path):
     ties = tmp_path / "ties.jsonl"
     ties.write_text(json.dumps(compare("Hi", "Hello!", "Hi there!", "tie")) + "\n")
-    proc = train_script[0]("--config", str(DPO_RECIPE), "--dataset", str(ties), "--output_dir", str(tmp_path / "run"),
-                           timeout=300)
+    proc = train_script[0](
+        "--config", str(DPO_RECIPE), "--dataset", str(ties), "--output_dir", str(tmp_path / "run"), timeout=300
+    )
     assert proc.returncode != 0 and "Data preparation failed, nothing was trained" in proc.stderr
     assert "no usable rows" in proc.stderr and "'tie': 1" in proc.stderr
     assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr

@@ -83,15 +83,18 @@ def test_temperature_zero_repeats_itself(service):
 def test_max_new_tokens_caps_the_reply(service, embedded_hf):
     from transformers import AutoTokenizer
 
-    replies = list(service.reply("Write a long story about a dragon.", [], None, GenerationParams(temperature=0, max_new_tokens=5)))
+    replies = list(
+        service.reply("Write a long story about a dragon.", [], None, GenerationParams(temperature=0, max_new_tokens=5))
+    )
     tokens = AutoTokenizer.from_pretrained(embedded_hf)(replies[-1].text, add_special_tokens=False)["input_ids"]
     assert 1 <= len(tokens) <= 6  # re-tokenizing may split one
     assert len(replies) - 1 <= 5  # the server sends a piece per token
 
 
 def test_closing_the_reply_closes_the_stream_and_the_server_stops(service, llama_server):
-    stream = service.reply("Write a very long story about a dragon.", [], None,
-                           GenerationParams(temperature=1.0, max_new_tokens=2000))
+    stream = service.reply(
+        "Write a very long story about a dragon.", [], None, GenerationParams(temperature=1.0, max_new_tokens=2000)
+    )
     for reply in stream:
         if len(reply.text) > 40:
             break
@@ -120,8 +123,10 @@ def test_a_long_conversation_is_trimmed_by_whole_turns_with_the_system_prompt_ke
     monkeypatch.setattr(engine, "stream", lambda prompt, p, c: (sent.append(prompt), real_stream(prompt, p, c))[1])
     history = []
     for i in range(12):
-        history += [{"role": "user", "content": f"Tell me fact number {i} about the ocean."},
-                    {"role": "assistant", "content": f"Ocean fact {i}: the ocean is deep and wide and blue."}]
+        history += [
+            {"role": "user", "content": f"Tell me fact number {i} about the ocean."},
+            {"role": "assistant", "content": f"Ocean fact {i}: the ocean is deep and wide and blue."},
+        ]
     replies = list(service.reply("And one more fact?", history, "You are Captain Finch, a pirate.", GREEDY))
     assert replies[0].dropped_messages > 0 and replies[0].dropped_messages % 2 == 0
     assert replies[-1].text.strip()
@@ -174,10 +179,13 @@ def test_a_down_server_gets_a_clear_message_and_the_service_recovers_when_it_is_
         server.stop()
 
 
-@pytest.mark.parametrize("mode, fragment", [
-    ("500", r"failed \(HTTP 500\) \(CUDA out of memory\)"),
-    ("badjson", "not OpenAI-compatible JSON"),
-])
+@pytest.mark.parametrize(
+    "mode, fragment",
+    [
+        ("500", r"failed \(HTTP 500\) \(CUDA out of memory\)"),
+        ("badjson", "not OpenAI-compatible JSON"),
+    ],
+)
 def test_an_error_status_or_bad_json_gets_a_clear_message(fault_server, mode, fragment):
     state, url = fault_server
     state["mode"] = mode

@@ -18,12 +18,18 @@ def test_nothing_set_means_the_embedded_gguf_on_llamacpp(monkeypatch, embedded_g
 def test_env_describes_a_space(monkeypatch, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "meta-llama/Llama-3.2-1B-Instruct"}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "meta-llama/Llama-3.2-1B-Instruct"})
+    )
     monkeypatch.setenv("FINCH_ADAPTER", str(adapter))
     monkeypatch.setenv("FINCH_LOAD_IN_4BIT", "1")
     spec = from_env().resolved()
     assert (spec.engine, spec.base, spec.adapter, spec.load_in_4bit) == (
-        "transformers", "meta-llama/Llama-3.2-1B-Instruct", str(adapter), True)
+        "transformers",
+        "meta-llama/Llama-3.2-1B-Instruct",
+        str(adapter),
+        True,
+    )
     assert spec.label.endswith(f"+ adapter {adapter}")
 
 

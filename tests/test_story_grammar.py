@@ -7,7 +7,15 @@ import pytest
 
 from chat_runtime import ChatService, GenerationParams
 from chat_runtime.story import (
-    FALLBACKS, MAX_CHOICE_CHARS, MAX_CHOICES, MIN_CHOICES, Story, StoryTeller, copies_scene, scene_so_far, split_turn,
+    FALLBACKS,
+    MAX_CHOICE_CHARS,
+    MAX_CHOICES,
+    MIN_CHOICES,
+    Story,
+    StoryTeller,
+    copies_scene,
+    scene_so_far,
+    split_turn,
     turn_grammar,
 )
 

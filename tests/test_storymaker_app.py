@@ -54,7 +54,9 @@ def wait_turn(page, scenes, timeout=120_000):
     page.wait_for_function(
         """n => { const act = document.querySelector('#act');
                   return act && !act.disabled && document.querySelectorAll('#story [data-testid=bot]').length == n; }""",
-        arg=scenes, timeout=timeout)
+        arg=scenes,
+        timeout=timeout,
+    )
 
 
 def choices(page):
@@ -166,8 +168,10 @@ def test_a_story_longer_than_the_context_keeps_the_system_prompt(storymaker, pag
     module, url = storymaker
     engine = module.service.engine
     max_new = 16
-    opening = [{"role": "system", "content": module.SYSTEM_PROMPT},
-               {"role": "user", "content": Story.new("The Long Voyage", GENRES[0], TONES[0]).opening_request()}]
+    opening = [
+        {"role": "system", "content": module.SYSTEM_PROMPT},
+        {"role": "user", "content": Story.new("The Long Voyage", GENRES[0], TONES[0]).opening_request()},
+    ]
     # Room for the opening turn and its follow-up, not for the opening plus the next turn.
     monkeypatch.setattr(engine, "context_tokens", len(engine.encode_chat(opening)) + max_new + 24)
     open_story(page, url, max_new_tokens=max_new)

@@ -44,7 +44,10 @@ def test_trimming_drops_whole_oldest_turns_and_keeps_the_system_prompt():
     system = {"role": "system", "content": "be kind"}
     turns = []
     for i in range(5):
-        turns += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": f"answer {i} " * 5}]
+        turns += [
+            {"role": "user", "content": f"question {i} " * 5},
+            {"role": "assistant", "content": f"answer {i} " * 5},
+        ]
     last = {"role": "user", "content": "final question"}
     kept, dropped = trim_to_budget([system, *turns, last], _words, budget=45)
     assert kept[0] == system and kept[-1] == last

@@ -17,22 +17,55 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500), pytest.mark.gpu_set]
 ROOT = Path(__file__).resolve().parents[1]
 CPU_RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"
 # A short run for the fault tests: 64 rows, 12 steps.
-QUICK = ["--config", str(CPU_RECIPE), "--max_rows", "64", "--max_steps", "12", "--logging_steps", "1",
-         "--save_steps", "4", "--eval_steps", "4", "--max_seq_length", "128", "--sample_max_new_tokens", "8",
-         "--verify", "false"]
+QUICK = [
+    "--config",
+    str(CPU_RECIPE),
+    "--max_rows",
+    "64",
+    "--max_steps",
+    "12",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "4",
+    "--eval_steps",
+    "4",
+    "--max_seq_length",
+    "128",
+    "--sample_max_new_tokens",
+    "8",
+    "--verify",
+    "false",
+]
 
 
 def train(*args, env=None, timeout=900, **kwargs):
-    return subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 @pytest.mark.trains
 def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
     run_dir, proc = trained_run
     adapter = run_dir / "adapter"
-    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
-                 "recipe.yaml", "metrics.json", "loss.png", "samples.json", "README.md"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "recipe.yaml",
+        "metrics.json",
+        "loss.png",
+        "samples.json",
+        "README.md",
+    ):
         assert (adapter / name).is_file(), name
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
     metrics = json.loads((adapter / "metrics.json").read_text())
@@ -60,8 +93,16 @@ def test_the_fine_tune_visibly_changes_the_replies(trained_run):
 @pytest.mark.trains
 def test_the_model_card_tells_how_to_use_the_adapter(trained_run):
     card = (trained_run[0] / "adapter" / "README.md").read_text()
-    for text in ("library_name: peft", "SmolLM2-135M-Instruct", "| lora_r | 16 |", "fine-tuned eval loss",
-                 "FINCH_ADAPTER=", "AutoPeftModelForCausalLM", "gguf/export.py", "![train and eval loss](loss.png)"):
+    for text in (
+        "library_name: peft",
+        "SmolLM2-135M-Instruct",
+        "| lora_r | 16 |",
+        "fine-tuned eval loss",
+        "FINCH_ADAPTER=",
+        "AutoPeftModelForCausalLM",
+        "gguf/export.py",
+        "![train and eval loss](loss.png)",
+    ):
         assert text in card, text
 
 
@@ -75,8 +116,9 @@ def test_the_adapter_loads_with_peft_and_through_the_chatbot_runtime(trained_run
     model = AutoPeftModelForCausalLM.from_pretrained(adapter)
     assert type(model).__name__.startswith("Peft")
     service = ChatService.from_spec(ModelSpec(adapter=str(adapter)))
-    replies = list(service.reply("What is the capital of Peru?", [], None,
-                                 GenerationParams(temperature=0, max_new_tokens=60)))
+    replies = list(
+        service.reply("What is the capital of Peru?", [], None, GenerationParams(temperature=0, max_new_tokens=60))
+    )
     text = replies[-1].text
     assert text.startswith("Finch here") and "Lima" in text
     ids = service.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -102,8 +144,13 @@ def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
     card = (run_dir / "adapter" / "README.md").read_text()
     assert "## Fidelity (`python gguf/verify.py`)" in card and "| gguf-q8_0 |" in card
     assert "fidelity" in proc.stdout and not list(run_dir.glob(".finch-verify-*"))  # scratch removed
-    print("\n" + "\n".join(f"{h}: vs previous {r['vs_previous']}, vs peft {r['vs_reference']}, EOS {r['ended_with_eos']}"
-                            for h, r in rows.items()))
+    print(
+        "\n"
+        + "\n".join(
+            f"{h}: vs previous {r['vs_previous']}, vs peft {r['vs_reference']}, EOS {r['ended_with_eos']}"
+            for h, r in rows.items()
+        )
+    )
 
 
 def test_help_documents_every_option():
@@ -121,8 +168,11 @@ def test_the_production_recipe_is_the_default():
     from finetune.config import ARG_CLASSES
 
     recipe = yaml.safe_load((ROOT / "training" / "recipes" / "llama32-1b-finetome-qlora.yaml").read_text())
-    defaults = {f.name: (f.default_factory() if callable(f.default_factory) else f.default)
-                for cls in ARG_CLASSES for f in fields(cls)}
+    defaults = {
+        f.name: (f.default_factory() if callable(f.default_factory) else f.default)
+        for cls in ARG_CLASSES
+        for f in fields(cls)
+    }
     assert {k: defaults[k] for k in recipe} == recipe
 
 
@@ -134,8 +184,11 @@ def test_every_recipe_parses_and_names_its_command(recipe):
 
     parsed = TrlParser(ARG_CLASSES).parse_args_and_config(["--config", str(recipe)])
     check(*parsed)
-    assert f"python training/train.py --config training/recipes/{recipe.name}" in recipe.read_text() or \
-        recipe.name == "llama32-1b-finetome-qlora.yaml" and "python training/train.py" in recipe.read_text()
+    assert (
+        f"python training/train.py --config training/recipes/{recipe.name}" in recipe.read_text()
+        or recipe.name == "llama32-1b-finetome-qlora.yaml"
+        and "python training/train.py" in recipe.read_text()
+    )
 
 
 def test_an_unknown_key_fails_at_start(tmp_path):
@@ -143,13 +196,18 @@ def test_an_unknown_key_fails_at_start(tmp_path):
     bad.write_text(CPU_RECIPE.read_text() + "lora_rank: 8\n")
     proc = train("--config", str(bad), "--output_dir", str(tmp_path / "run"))
     assert proc.returncode != 0 and "lora_rank" in proc.stderr
-    proc = train("--config", str(CPU_RECIPE), "--learning-rat", "1", "--output_dir", str(tmp_path / "run2"), timeout=120)
+    proc = train(
+        "--config", str(CPU_RECIPE), "--learning-rat", "1", "--output_dir", str(tmp_path / "run2"), timeout=120
+    )
     assert proc.returncode != 0 and "learning-rat" in proc.stderr  # no silent abbreviation
 
 
 def test_a_precision_the_device_cannot_run_fails_at_start(tmp_path):
     proc = train("--config", str(CPU_RECIPE), "--precision", "fp16", "--output_dir", str(tmp_path / "run"), timeout=120)
-    assert proc.returncode != 0 and "fp16 training needs a CUDA GPU; on a CPU use --precision auto, bf16 or fp32" in proc.stderr
+    assert (
+        proc.returncode != 0
+        and "fp16 training needs a CUDA GPU; on a CPU use --precision auto, bf16 or fp32" in proc.stderr
+    )
     assert "Converting" not in proc.stderr and "Traceback" not in proc.stderr
     proc = train("--config", str(CPU_RECIPE), "--precision", "half", "--output_dir", str(tmp_path / "run"), timeout=120)
     assert proc.returncode != 0 and "precision 'half' is not one of auto, fp32, bf16, fp16" in proc.stderr
@@ -158,8 +216,16 @@ def test_a_precision_the_device_cannot_run_fails_at_start(tmp_path):
 def test_a_dataset_without_usable_rows_fails_before_the_model_loads(tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "q", "answer": "a"}\n')
-    proc = train("--config", str(CPU_RECIPE), "--dataset", str(data), "--dataset_format", "auto",
-                 "--output_dir", str(tmp_path / "run"))
+    proc = train(
+        "--config",
+        str(CPU_RECIPE),
+        "--dataset",
+        str(data),
+        "--dataset_format",
+        "auto",
+        "--output_dir",
+        str(tmp_path / "run"),
+    )
     assert proc.returncode != 0
     assert "columns found: ['answer', 'question']" in proc.stderr and "sharegpt (conversations)" in proc.stderr
     assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
@@ -200,7 +266,6 @@ def test_an_unwritable_output_folder_fails_before_training(tmp_path):
     assert "Converting" not in proc.stderr
 
 
-
 @pytest.mark.cuda
 @pytest.mark.trains
 @pytest.mark.parametrize("backend", ["unsloth", "peft"])
@@ -209,12 +274,28 @@ def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, shaped_model,
     if backend == "unsloth":
         pytest.importorskip("unsloth", reason="Unsloth is not installed: pip install -r requirements-gpu.txt")
     model = shaped_model.build("tiny", tmp_path / "tiny", None)
-    proc = train(*QUICK, "--model", str(model), "--backend", backend, "--load_in_4bit", "true", "--optim", "adamw_8bit",
-                 "--gradient_checkpointing", "true", "--max_steps", "4", "--output_dir", str(tmp_path / "run"))
+    proc = train(
+        *QUICK,
+        "--model",
+        str(model),
+        "--backend",
+        backend,
+        "--load_in_4bit",
+        "true",
+        "--optim",
+        "adamw_8bit",
+        "--gradient_checkpointing",
+        "true",
+        "--max_steps",
+        "4",
+        "--output_dir",
+        str(tmp_path / "run"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "adapter" / "metrics.json").read_text())
     assert metrics["backend"] == backend and metrics["global_step"] == 4 and 0 < metrics["final_train_loss"] < 20
     assert metrics["peak_memory_mb"] > 0 and "sm_" in metrics["device"]
+
 
 @pytest.mark.trains
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -232,8 +313,21 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_early_stopping_ends_a_run_whose_eval_loss_stops_improving(tmp_path):
     # learning rate 0: the eval loss never improves, so patience 1 ends the run at the second eval.
     run_dir = tmp_path / "run"
-    proc = train(*QUICK, "--learning_rate", "0", "--early_stopping_patience", "1", "--eval_steps", "2", "--save_steps", "2",
-                 "--precision", "fp32", "--output_dir", str(run_dir))  # the fp32 path, on any CPU
+    proc = train(
+        *QUICK,
+        "--learning_rate",
+        "0",
+        "--early_stopping_patience",
+        "1",
+        "--eval_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--precision",
+        "fp32",
+        "--output_dir",
+        str(run_dir),
+    )  # the fp32 path, on any CPU
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
     assert metrics["device"] == "CPU, fp32"
@@ -242,8 +336,12 @@ def test_early_stopping_ends_a_run_whose_eval_loss_stops_improving(tmp_path):
 
 
 def _losses(run_dir):
-    state = json.loads(sorted((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
-                              key=lambda p: int(p.parent.name.split("-")[1]))[-1].read_text())
+    state = json.loads(
+        sorted(
+            (run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+            key=lambda p: int(p.parent.name.split("-")[1]),
+        )[-1].read_text()
+    )
     return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
 
 
@@ -268,11 +366,16 @@ def test_push_without_network_fails_clearly_keeps_the_run_and_never_shows_the_to
     run_dir = trained_run[0]
     token = "hf_" + "PlantedTestToken" * 2
     env = {"HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
-    proc = train("--config", str(CPU_RECIPE), "--output_dir", str(run_dir), "--push_to_hub", "someone/finch-test", env=env)
+    proc = train(
+        "--config", str(CPU_RECIPE), "--output_dir", str(run_dir), "--push_to_hub", "someone/finch-test", env=env
+    )
     assert proc.returncode != 0 and "Push to someone/finch-test failed" in proc.stderr
     assert "run the same command again to push it" in proc.stderr
     assert "Loading weights" not in proc.stderr  # a finished run is not retrained
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
-    written = "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file() and p.suffix in
-                      (".json", ".yaml", ".md", ".txt"))
+    written = "".join(
+        p.read_text(errors="ignore")
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.suffix in (".json", ".yaml", ".md", ".txt")
+    )
     assert token not in proc.stdout + proc.stderr + written

@@ -16,8 +16,13 @@ def write_jsonl(path, rows):
 
 
 GOOD = {
-    "sharegpt": {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-                                   {"from": "gpt", "value": "Hello!"}]},
+    "sharegpt": {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello!"},
+        ]
+    },
     "messages": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
     "alpaca": {"instruction": "Translate", "input": "hello", "output": "ನಮಸ್ಕಾರ"},
     "prompt_response": {"prompt": "Hi", "response": "Hello!"},
@@ -40,15 +45,36 @@ def test_alpaca_input_is_appended_to_the_instruction():
 @pytest.mark.parametrize(
     "row, fmt, reason",
     [
-        ({"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "x"}]}, "sharegpt", "empty turn"),
-        ({"conversations": [{"from": "alien", "value": "x"}, {"from": "gpt", "value": "x"}]}, "sharegpt", "unknown role 'alien'"),
+        (
+            {"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "x"}]},
+            "sharegpt",
+            "empty turn",
+        ),
+        (
+            {"conversations": [{"from": "alien", "value": "x"}, {"from": "gpt", "value": "x"}]},
+            "sharegpt",
+            "unknown role 'alien'",
+        ),
         ({"conversations": [{"value": "x"}]}, "sharegpt", "missing from"),
-        ({"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]}, "sharegpt", "turn is not text"),
+        (
+            {"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]},
+            "sharegpt",
+            "turn is not text",
+        ),
         ({"conversations": "not a list"}, "sharegpt", "no turns"),
         ({"conversations": [{"from": "human", "value": "hi"}]}, "sharegpt", "does not end with the assistant"),
         ({"conversations": [{"from": "gpt", "value": "hi"}]}, "sharegpt", "no user turn"),
-        ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
-                       {"role": "assistant", "content": "c"}]}, "messages", "system turn after the start"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "system", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            },
+            "messages",
+            "system turn after the start",
+        ),
         ({"instruction": "x", "output": None}, "alpaca", "missing output"),
         ({"instruction": "x", "input": 5, "output": "y"}, "alpaca", "input is not text"),
         ({"prompt": "x", "response": ""}, "prompt_response", "empty response"),
@@ -68,8 +94,13 @@ def test_bad_rows_are_dropped_counted_and_summarised(tmp_path):
     prepared = data.prepare([write_jsonl(tmp_path / "d.jsonl", rows)], ["auto"], [1.0], 0.0, seed=1)
     assert len(prepared.train) == 3 and prepared.eval is None
     assert prepared.dropped == {"empty turn": 1, "does not end with the assistant": 2}
-    assert prepared.sources[0] == {"dataset": str(tmp_path / "d.jsonl"), "rows": 6, "usable": 3, "weight": 1.0,
-                                   "dropped": {"empty turn": 1, "does not end with the assistant": 2}}
+    assert prepared.sources[0] == {
+        "dataset": str(tmp_path / "d.jsonl"),
+        "rows": 6,
+        "usable": 3,
+        "weight": 1.0,
+        "dropped": {"empty turn": 1, "does not end with the assistant": 2},
+    }
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".parquet", ".csv"])
@@ -78,8 +109,12 @@ def test_local_files_of_every_kind_load(tmp_path, suffix):
 
     frame = pd.DataFrame([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)])
     path = tmp_path / f"d{suffix}"
-    {".json": lambda: frame.to_json(path, orient="records"), ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: frame.to_parquet(path), ".csv": lambda: frame.to_csv(path, index=False)}[suffix]()
+    {
+        ".json": lambda: frame.to_json(path, orient="records"),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: frame.to_parquet(path),
+        ".csv": lambda: frame.to_csv(path, index=False),
+    }[suffix]()
     prepared = data.prepare([str(path)], ["auto"], [1.0], 0.2, seed=1)
     assert len(prepared.train) == 4 and len(prepared.eval) == 1
 

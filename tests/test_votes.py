@@ -25,8 +25,12 @@ def test_a_compare_vote_is_one_row_of_the_contract(tmp_path):
 
 
 def test_a_like_takes_the_conversation_before_the_reply():
-    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-               {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+    ]
     prompt, reply = liked_turn(history, 3, "Be brief.")
     assert prompt == [{"role": "system", "content": "Be brief."}, *history[:3]] and reply == "Paris."
     row = like_row(prompt, reply, "tuned", False, PARAMS)
@@ -47,5 +51,8 @@ def test_on_a_space_votes_also_go_to_the_folder_the_scheduler_uploads(tmp_path, 
     assert "hf_secret_token_value" not in caplog.text
     store.add(compare_row(PROMPT, ("tuned", "Paris."), ("base", "Lyon."), "tie", PARAMS))
     (upload,) = (tmp_path / "votes_upload").glob("votes-*.jsonl")
-    assert upload.read_text() == (tmp_path / "votes.jsonl").read_text() and json.loads(upload.read_text())["choice"] == "tie"
+    assert (
+        upload.read_text() == (tmp_path / "votes.jsonl").read_text()
+        and json.loads(upload.read_text())["choice"] == "tie"
+    )
     assert "collected" in store.notice

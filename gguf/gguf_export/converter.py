@@ -53,17 +53,33 @@ def runtime_version() -> str:
 
 
 def _check_tree(root: Path, origin: str) -> Converter:
-    missing = [name for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py") if not (root / name).exists()]
+    missing = [
+        name for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py") if not (root / name).exists()
+    ]
     if missing:
-        raise ExportError(f"{origin} at {root} lacks {', '.join(missing)}: point --llama_cpp_dir at the root of a llama.cpp checkout")
+        raise ExportError(
+            f"{origin} at {root} lacks {', '.join(missing)}: point --llama_cpp_dir at the root of a llama.cpp checkout"
+        )
     return Converter(root, origin)
 
 
 def _download_sdist(version: str, dest: Path) -> Path:
     """pip download the llama-cpp-python sdist (the registry is all Finch needs)."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
-           "-q", f"llama-cpp-python=={version}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        f"llama-cpp-python=={version}",
+        "-d",
+        str(dest),
+    ]
     log.info("downloading llama.cpp's converters (llama-cpp-python %s sources, ~77 MB) into %s", version, dest)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob(f"llama_cpp_python-{version}.tar.gz"))
@@ -118,8 +134,12 @@ def find_converter(llama_cpp_dir: str | None, cache: Path) -> Converter:
 
 def supported_architectures(converter: Converter) -> set[str]:
     """Architectures (config.json `architectures`) the converter knows, asked from the converter itself."""
-    proc = subprocess.run([sys.executable, str(converter.root / "convert_hf_to_gguf.py"), "--print-supported-models"],
-                          capture_output=True, text=True, env=converter.env())
+    proc = subprocess.run(
+        [sys.executable, str(converter.root / "convert_hf_to_gguf.py"), "--print-supported-models"],
+        capture_output=True,
+        text=True,
+        env=converter.env(),
+    )
     names, in_text = set(), False
     for line in (proc.stdout + proc.stderr).splitlines():
         line = line.split(":", 2)[-1] if line.startswith(("ERROR:", "INFO:")) else line
@@ -132,13 +152,18 @@ def supported_architectures(converter: Converter) -> set[str]:
 
 # The converters' own failure lines, and what the user should do about each.
 _HINTS: Sequence[tuple[str, str]] = (
-    (r"Model (\S+) is not supported|Architecture '?(\S+?)'? not supported",
-     "llama.cpp's converter ({origin}) cannot convert this architecture. Use a base it supports (Llama, Qwen2/3, "
-     "Mistral, Gemma, Phi-3, SmolLM, ...; `python convert_hf_to_gguf.py --print-supported-models` lists them), or a "
-     "newer llama.cpp: --llama_cpp_dir /path/to/llama.cpp"),
+    (
+        r"Model (\S+) is not supported|Architecture '?(\S+?)'? not supported",
+        "llama.cpp's converter ({origin}) cannot convert this architecture. Use a base it supports (Llama, Qwen2/3, "
+        "Mistral, Gemma, Phi-3, SmolLM, ...; `python convert_hf_to_gguf.py --print-supported-models` lists them), or a "
+        "newer llama.cpp: --llama_cpp_dir /path/to/llama.cpp",
+    ),
     (r"No space left on device", "the disk is full: free some space or choose another --output_dir"),
-    (r"No module named '?(\S+?)'?$", "the converter needs a package this environment lacks: pip install it "
-     "(llama.cpp's requirements), or re-run `bash scripts/setup.sh`"),
+    (
+        r"No module named '?(\S+?)'?$",
+        "the converter needs a package this environment lacks: pip install it "
+        "(llama.cpp's requirements), or re-run `bash scripts/setup.sh`",
+    ),
 )
 
 

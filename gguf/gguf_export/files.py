@@ -97,7 +97,7 @@ def remove_leftovers(output_dir: Path) -> int:
     removed = 0
     for path in output_dir.iterdir():
         if path.name.startswith(WORK_PREFIX):
-            pid = path.name[len(WORK_PREFIX):].split("-")[0]
+            pid = path.name[len(WORK_PREFIX) :].split("-")[0]
         elif path.name.startswith(".") and path.name.endswith(PART_SUFFIX):
             pid = path.name[: -len(PART_SUFFIX)].rsplit(".", 1)[-1]
         else:

@@ -24,14 +24,21 @@ def push(folder: Path, files: list[Path], repo_id: str, private: bool) -> str:
 
     token = get_token()
     if not token:
-        raise ExportError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then export again with --push_to_hub.")
+        raise ExportError(
+            "No Hugging Face token: set HF_TOKEN or run `hf auth login`, then export again with --push_to_hub."
+        )
     names = [str(f.relative_to(folder)) for f in files]
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         log.info("uploading %d files to %s", len(names), repo_id)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", allow_patterns=names,
-                          commit_message="Upload GGUF files with Finch")
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            allow_patterns=names,
+            commit_message="Upload GGUF files with Finch",
+        )
     except Exception as err:  # network, auth, quota
         first = _redact(str(err).strip().splitlines()[0][:200] if str(err).strip() else "", token)
         include = " ".join(f"--include {n}" for n in names)

@@ -38,26 +38,40 @@ def local_folder(source: str, what: str, fix: str) -> Path:
     try:
         return Path(snapshot_download(source, allow_patterns=MODEL_FILES))
     except Exception as err:  # offline, private, gated, wrong id: name it without echoing headers
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}" if str(err).strip() else type(err).__name__
-        raise ExportError(f"{what.format(source=repr(source))} can't be found: not a local folder, and the Hub did not give it "
-                          f"({reason}). {fix}") from None
+        reason = (
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
+            if str(err).strip()
+            else type(err).__name__
+        )
+        raise ExportError(
+            f"{what.format(source=repr(source))} can't be found: not a local folder, and the Hub did not give it "
+            f"({reason}). {fix}"
+        ) from None
 
 
 def resolve_adapter(adapter: str, model: str | None) -> tuple[Path, Path, str]:
     """(adapter folder, base folder, base id) for an adapter; the base comes from adapter_config.json
     unless `model` overrides it."""
-    adapter_dir = local_folder(adapter, "the adapter {source}", "Check the id or path, or log in for a private repo (HF_TOKEN).")
+    adapter_dir = local_folder(
+        adapter, "the adapter {source}", "Check the id or path, or log in for a private repo (HF_TOKEN)."
+    )
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise ExportError(f"{adapter} has no adapter_config.json: pass a LoRA adapter folder to --adapter, or a full model to --model")
+        raise ExportError(
+            f"{adapter} has no adapter_config.json: pass a LoRA adapter folder to --adapter, or a full model to --model"
+        )
     try:
         base = model or base_of_adapter(str(adapter_dir))
     except ValueError as err:
         raise ExportError(str(err)) from None
-    fix = (f"Download the base (`hf download {base} --local-dir DIR`) and pass --model DIR, or fix "
-           f"base_model_name_or_path in {adapter_dir / 'adapter_config.json'}.")
+    fix = (
+        f"Download the base (`hf download {base} --local-dir DIR`) and pass --model DIR, or fix "
+        f"base_model_name_or_path in {adapter_dir / 'adapter_config.json'}."
+    )
     base_dir = local_folder(base, f"the base model {{source}} of adapter {adapter}", fix)
     if not (base_dir / "config.json").is_file():
-        raise ExportError(f"the base model folder {base_dir} has no config.json: is it a Hugging Face model folder? {fix}")
+        raise ExportError(
+            f"the base model folder {base_dir} has no config.json: is it a Hugging Face model folder? {fix}"
+        )
     return adapter_dir, base_dir, base
 
 
@@ -80,9 +94,13 @@ def lora_gguf_problems(adapter_dir: Path) -> list[str]:
 
         with safe_open(str(weights), "pt") as f:
             names = list(f.keys())
-        on_embeddings = sorted(set(on_embeddings) | {m for n in names for m in ("embed_tokens", "lm_head") if f".{m}." in n})
+        on_embeddings = sorted(
+            set(on_embeddings) | {m for n in names for m in ("embed_tokens", "lm_head") if f".{m}." in n}
+        )
     if on_embeddings:
-        problems.append(f"it trains {' and '.join(on_embeddings)}, which llama.cpp's LoRA GGUF can't apply (llama.cpp#11554)")
+        problems.append(
+            f"it trains {' and '.join(on_embeddings)}, which llama.cpp's LoRA GGUF can't apply (llama.cpp#11554)"
+        )
     if saved:
         problems.append(f"it saves full copies of {', '.join(saved)} (modules_to_save)")
     if config.get("trainable_token_indices"):
@@ -152,8 +170,14 @@ def _write_added_tokens_decoder(tokenizer, folder: Path) -> None:
     if config.get("added_tokens_decoder"):
         return
     config["added_tokens_decoder"] = {
-        str(token_id): {"content": token.content, "lstrip": token.lstrip, "rstrip": token.rstrip,
-                        "normalized": token.normalized, "single_word": token.single_word, "special": token.special}
+        str(token_id): {
+            "content": token.content,
+            "lstrip": token.lstrip,
+            "rstrip": token.rstrip,
+            "normalized": token.normalized,
+            "single_word": token.single_word,
+            "special": token.special,
+        }
         for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
     }
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False))

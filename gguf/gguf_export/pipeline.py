@@ -96,9 +96,17 @@ class Sources:
 
 
 def run_export(
-    *, adapter: str | None, model: str | None, output_dir: Path, name: str | None, quants: list[str],
-    lora_gguf: bool = False, llama_cpp_dir: str | None = None, merge_dtype: str = "float16",
-    cache: Path, verbose: bool = False,
+    *,
+    adapter: str | None,
+    model: str | None,
+    output_dir: Path,
+    name: str | None,
+    quants: list[str],
+    lora_gguf: bool = False,
+    llama_cpp_dir: str | None = None,
+    merge_dtype: str = "float16",
+    cache: Path,
+    verbose: bool = False,
 ) -> Export:
     """Export an adapter (merged into its base) or a full model to GGUF files in `output_dir`."""
     check_request(adapter, model, lora_gguf, merge_dtype)
@@ -134,8 +142,9 @@ def check_request(adapter: str | None, model: str | None, lora_gguf: bool, merge
         raise ExportError(f"unknown --merge_dtype {merge_dtype!r}: choose from {', '.join(MERGE_DTYPES)}")
 
 
-def resolve_sources(adapter: str | None, model: str | None, lora_gguf: bool, llama_cpp_dir: str | None,
-                    cache: Path) -> Sources:
+def resolve_sources(
+    adapter: str | None, model: str | None, lora_gguf: bool, llama_cpp_dir: str | None, cache: Path
+) -> Sources:
     """Local folders for the model and adapter, safetensors only, an architecture the converter knows."""
     if adapter:
         adapter_dir, base_dir, base = resolve_adapter(adapter, model)
@@ -143,7 +152,9 @@ def resolve_sources(adapter: str | None, model: str | None, lora_gguf: bool, lla
             check_lora_gguf(adapter_dir)
     else:
         adapter_dir, base = None, model
-        base_dir = local_folder(model, "the model {source}", "Check the id or path, or log in for a private repo (HF_TOKEN).")
+        base_dir = local_folder(
+            model, "the model {source}", "Check the id or path, or log in for a private repo (HF_TOKEN)."
+        )
     try:  # the converter and the merge would read a pickle (.bin) as readily as safetensors
         require_safetensors(str(base_dir), "the base model" if adapter_dir is not None else "the model")
         if adapter_dir is not None:
@@ -155,8 +166,10 @@ def resolve_sources(adapter: str | None, model: str | None, lora_gguf: bool, lla
         arch = (json.loads((base_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
         known = conv.supported_architectures(converter)
         if known and arch not in known:
-            raise ExportError(f"Model {arch} is not supported by llama.cpp's converter ({converter.origin}): use a base it "
-                              "supports, or a newer llama.cpp checkout via --llama_cpp_dir")
+            raise ExportError(
+                f"Model {arch} is not supported by llama.cpp's converter ({converter.origin}): use a base it "
+                "supports, or a newer llama.cpp checkout via --llama_cpp_dir"
+            )
     return Sources(base, base_dir, adapter_dir, converter)
 
 
@@ -180,16 +193,21 @@ def merge_stage(sources: Sources, scratch: Path, merge_dtype: str, bar) -> tuple
     return merged, time.perf_counter() - started
 
 
-def convert_stage(sources: Sources, hf_dir: Path, scratch: Path, name: str, adapter: str | None, verbose: bool,
-                  bar) -> tuple[Export, Path]:
+def convert_stage(
+    sources: Sources, hf_dir: Path, scratch: Path, name: str, adapter: str | None, verbose: bool, bar
+) -> tuple[Export, Path]:
     """The f16 GGUF (in scratch) by llama.cpp's converter, its template and end token checked."""
     started = time.perf_counter()
     log.info("converting to an f16 GGUF with llama.cpp's converter (%s)", sources.converter.origin)
     bar.set_postfix_str("converting")
     f16 = scratch / f"{name}-f16.gguf"
-    conv.run(sources.converter, "convert_hf_to_gguf.py",
-             [str(hf_dir), "--outtype", "f16", "--outfile", str(f16), "--model-name", name],
-             "converting to GGUF", verbose)
+    conv.run(
+        sources.converter,
+        "convert_hf_to_gguf.py",
+        [str(hf_dir), "--outtype", "f16", "--outfile", str(f16), "--model-name", name],
+        "converting to GGUF",
+        verbose,
+    )
     template, eos_token, eos_id = _tokenizer_facts(hf_dir)
     check_chat_metadata(f16, template, eos_id)
     result = Export(name, sources.base, adapter, sources.converter.origin, template, eos_token, eos_id=eos_id)
@@ -227,9 +245,13 @@ def lora_gguf_stage(result: Export, sources: Sources, output_dir: Path, verbose:
     final = output_dir / f"{result.name}-lora-f16.gguf"
     with atomic_output(final) as tmp:
         # --base: a local folder, so the converter never asks the Hub for the base's config.
-        conv.run(sources.converter, "convert_lora_to_gguf.py",
-                 [str(sources.adapter_dir), "--base", str(sources.base_dir), "--outtype", "f16", "--outfile", str(tmp)],
-                 "converting the LoRA adapter to GGUF", verbose)
+        conv.run(
+            sources.converter,
+            "convert_lora_to_gguf.py",
+            [str(sources.adapter_dir), "--base", str(sources.base_dir), "--outtype", "f16", "--outfile", str(tmp)],
+            "converting the LoRA adapter to GGUF",
+            verbose,
+        )
     result.artifacts.append(Artifact(final, "lora", time.perf_counter() - started, f"apply to a GGUF of {result.base}"))
     bar.update()
 
@@ -241,8 +263,10 @@ def summary(result: Export) -> str:
     rows = [(a.path.name, a.kind, human_size(a.size), f"{a.seconds:.1f} s", a.note) for a in result.artifacts]
     header = ("file", "kind", "size", "time", "note")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else "")
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else "")
+        for row in [header, *rows]
+    ]
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     total = sum(result.seconds.values()) + sum(a.seconds for a in result.artifacts if a.kind not in ("f16",))
     folder = result.artifacts[0].path.parent if result.artifacts else "-"

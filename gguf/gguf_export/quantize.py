@@ -84,7 +84,11 @@ def check_chat_metadata(path: Path, template: str | None, eos_token_id: int | No
     back to another prompt format or never stop (see DESIGN, section 5)."""
     meta = inspect_gguf(path)
     if template and meta.get("tokenizer.chat_template") != template:
-        raise ExportError(f"{path.name} lost the chat template in conversion: its tokenizer.chat_template differs from the tokenizer's")
+        raise ExportError(
+            f"{path.name} lost the chat template in conversion: its tokenizer.chat_template differs from the tokenizer's"
+        )
     if eos_token_id is not None and meta.get("tokenizer.ggml.eos_token_id") != str(eos_token_id):
-        raise ExportError(f"{path.name} has EOS id {meta.get('tokenizer.ggml.eos_token_id')}, the tokenizer has {eos_token_id}")
+        raise ExportError(
+            f"{path.name} has EOS id {meta.get('tokenizer.ggml.eos_token_id')}, the tokenizer has {eos_token_id}"
+        )
     return meta

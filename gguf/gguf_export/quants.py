@@ -19,8 +19,12 @@ class Quant:
 QUANTS: dict[str, Quant] = {
     q.name: q
     for q in (
-        Quant("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 4.9,
-              "smallest and fastest; the usual CPU choice. Some quality loss, clearer on models under ~1B parameters"),
+        Quant(
+            "q4_k_m",
+            "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+            4.9,
+            "smallest and fastest; the usual CPU choice. Some quality loss, clearer on models under ~1B parameters",
+        ),
         Quant("q5_k_m", "LLAMA_FTYPE_MOSTLY_Q5_K_M", 5.7, "a little larger than q4_k_m, closer to f16"),
         Quant("q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0", 8.5, "practically the same answers as f16 at half its size"),
         Quant("f16", None, 16.0, "reference quality (the merged model as converted); largest and slowest on CPU"),

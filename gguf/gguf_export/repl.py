@@ -41,7 +41,7 @@ class ChatSession:
                 if reply.dropped_messages and not noted:
                     write(f"({reply.dropped_messages} earlier messages left out to fit the context) ")
                     noted = True
-                write(reply.text[len(text):])
+                write(reply.text[len(text) :])
                 text = reply.text
         except KeyboardInterrupt:
             write(" [stopped]")

@@ -82,7 +82,9 @@ class Report:
     def first_divergence(self, a: Hop, b: Hop, prompt: int) -> int | None:
         """Index of the first differing token within `agree_tokens`, or None when they agree."""
         x, y = a.replies[prompt][: self.agree_tokens], b.replies[prompt][: self.agree_tokens]
-        return next((i for i, (s, t) in enumerate(zip(x, y)) if s != t), None if len(x) == len(y) else min(len(x), len(y)))
+        return next(
+            (i for i, (s, t) in enumerate(zip(x, y)) if s != t), None if len(x) == len(y) else min(len(x), len(y))
+        )
 
     def agreement_but_near_ties(self, hop: Hop) -> float:
         """Share of prompts that agree with the reference, or part from it only where the reference
@@ -99,47 +101,62 @@ class Report:
         """Per hop: agreement with the previous hop and with the reference, and the EOS rate."""
         rows = []
         for i, hop in enumerate(self.hops):
-            rows.append({
-                "hop": hop.name,
-                "vs_previous": self.agreement(hop, self.hops[i - 1]) if i else None,
-                "previous": self.hops[i - 1].name if i else None,
-                "vs_reference": self.agreement(hop, self.hops[0]) if i else None,
-                "vs_reference_but_near_ties": self.agreement_but_near_ties(hop) if i else None,
-                "ended_with_eos": sum(hop.ended) / len(hop.ended),
-                "same_prompt_ids": hop.same_prompt,
-                "seconds": round(hop.seconds, 1),
-            })
+            rows.append(
+                {
+                    "hop": hop.name,
+                    "vs_previous": self.agreement(hop, self.hops[i - 1]) if i else None,
+                    "previous": self.hops[i - 1].name if i else None,
+                    "vs_reference": self.agreement(hop, self.hops[0]) if i else None,
+                    "vs_reference_but_near_ties": self.agreement_but_near_ties(hop) if i else None,
+                    "ended_with_eos": sum(hop.ended) / len(hop.ended),
+                    "same_prompt_ids": hop.same_prompt,
+                    "seconds": round(hop.seconds, 1),
+                }
+            )
         return rows
 
     def hop(self, name: str) -> Hop:
         return next(h for h in self.hops if h.name == name)
 
     def to_json(self) -> dict:
-        return {"prompts": self.prompts, "agree_tokens": self.agree_tokens, "max_new_tokens": self.max_new_tokens,
-                "summary": self.rows(), "skipped": self.skipped, "hops": [asdict(h) for h in self.hops]}
+        return {
+            "prompts": self.prompts,
+            "agree_tokens": self.agree_tokens,
+            "max_new_tokens": self.max_new_tokens,
+            "summary": self.rows(),
+            "skipped": self.skipped,
+            "hops": [asdict(h) for h in self.hops],
+        }
 
     def table(self) -> str:
         """The report as a Markdown table (also readable in a terminal)."""
         pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
-        lines = [f"| hop | first {self.agree_tokens} tokens agree with the previous hop | with peft (reference) "
-                 f"| with peft, or part at a near tie | replies ending with EOS (max {self.max_new_tokens} new) "
-                 "| same prompt ids |", "|---|---|---|---|---|---|"]
+        lines = [
+            f"| hop | first {self.agree_tokens} tokens agree with the previous hop | with peft (reference) "
+            f"| with peft, or part at a near tie | replies ending with EOS (max {self.max_new_tokens} new) "
+            "| same prompt ids |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in self.rows():
             prev = f"{pct(r['vs_previous'])} ({r['previous']})" if r["previous"] else "-"
-            lines.append(f"| {r['hop']} | {prev} | {pct(r['vs_reference'])} | {pct(r['vs_reference_but_near_ties'])} "
-                         f"| {pct(r['ended_with_eos'])} "
-                         f"| {'yes' if r['same_prompt_ids'] else 'NO: template drift'} |")
+            lines.append(
+                f"| {r['hop']} | {prev} | {pct(r['vs_reference'])} | {pct(r['vs_reference_but_near_ties'])} "
+                f"| {pct(r['ended_with_eos'])} "
+                f"| {'yes' if r['same_prompt_ids'] else 'NO: template drift'} |"
+            )
         lines += [f"| {name} | skipped: {why} | | | | |" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
     def markdown(self) -> str:
         """The model-card section."""
-        return (f"## Fidelity (`python gguf/verify.py`)\n\n"
-                f"{len(self.prompts)} fixed prompts, greedy, through every hop from training to llama.cpp. "
-                f"Agreement is the share of prompts whose first {self.agree_tokens} tokens are identical. "
-                f"Where a hop parts from peft at a step whose two best tokens were within {NEAR_TIE} logits "
-                "(a near tie), rounding picked the other of two equally likely words; the fourth column "
-                "counts those as kept.\n\n" + self.table() + "\n")
+        return (
+            f"## Fidelity (`python gguf/verify.py`)\n\n"
+            f"{len(self.prompts)} fixed prompts, greedy, through every hop from training to llama.cpp. "
+            f"Agreement is the share of prompts whose first {self.agree_tokens} tokens are identical. "
+            f"Where a hop parts from peft at a step whose two best tokens were within {NEAR_TIE} logits "
+            "(a near tie), rounding picked the other of two equally likely words; the fourth column "
+            "counts those as kept.\n\n" + self.table() + "\n"
+        )
 
 
 def conversations(prompts: Sequence[str]) -> list[list[Message]]:
@@ -149,13 +166,15 @@ def conversations(prompts: Sequence[str]) -> list[list[Message]]:
 
 def hf_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
     """Prompt ids exactly as the runtime's transformers engine and training build them."""
-    parts = segments(tokenizer.chat_template, messages, add_generation_prompt=True,
-                     special_tokens=tokenizer.special_tokens_map)
+    parts = segments(
+        tokenizer.chat_template, messages, add_generation_prompt=True, special_tokens=tokenizer.special_tokens_map
+    )
     return encode(parts, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])[0]
 
 
-def transformers_hop(name: str, model_dir: Path, adapter_dir: Path | None, tokenizer, prompt_ids: list[list[int]],
-                     max_new_tokens: int) -> Hop:
+def transformers_hop(
+    name: str, model_dir: Path, adapter_dir: Path | None, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int
+) -> Hop:
     """Greedy replies of an HF model (+ adapter) in fp32."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -172,12 +191,21 @@ def transformers_hop(name: str, model_dir: Path, adapter_dir: Path | None, token
     replies, ended, texts, margins = [], [], [], []
     with torch.inference_mode():
         for ids in prompt_ids:
-            out = model.generate(input_ids=torch.tensor([ids], device=device),
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                                 repetition_penalty=1.0, eos_token_id=sorted(eos), pad_token_id=tokenizer.pad_token_id,
-                                 output_logits=True, return_dict_in_generate=True)
-            reply = out.sequences[0, len(ids):].tolist()
+            out = model.generate(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                repetition_penalty=1.0,
+                eos_token_id=sorted(eos),
+                pad_token_id=tokenizer.pad_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+            reply = out.sequences[0, len(ids) :].tolist()
             top2 = [step[0].float().topk(2).values for step in out.logits]
             margins.append([round(float(v[0] - v[1]), 4) for v in top2])
             replies.append(reply)
@@ -194,8 +222,9 @@ def _eos_ids(tokenizer, model) -> set[int]:
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
-def gguf_hop(name: str, gguf: Path, messages: list[list[Message]], reference_ids: list[list[int]],
-             max_new_tokens: int) -> Hop:
+def gguf_hop(
+    name: str, gguf: Path, messages: list[list[Message]], reference_ids: list[list[int]], max_new_tokens: int
+) -> Hop:
     """Greedy replies of a GGUF through the runtime's llama.cpp engine (its template, its tokenizer)."""
     import llama_cpp
 
@@ -215,16 +244,27 @@ def gguf_hop(name: str, gguf: Path, messages: list[list[Message]], reference_ids
                 break
         replies.append(reply)
         ended.append(bool(reply) and llama_cpp.llama_vocab_is_eog(vocab, reply[-1]))
-        texts.append(engine.llm.detokenize([t for t in reply if not llama_cpp.llama_vocab_is_eog(vocab, t)])
-                     .decode("utf-8", errors="replace").strip())
+        texts.append(
+            engine.llm.detokenize([t for t in reply if not llama_cpp.llama_vocab_is_eog(vocab, t)])
+            .decode("utf-8", errors="replace")
+            .strip()
+        )
     engine.llm.close()
     return Hop(name, replies, ended, texts, same_prompt=prompts == reference_ids, seconds=time.perf_counter() - started)
 
 
-def verify_adapter(adapter: str | Path, ggufs: dict[str, Path] | None = None, *, model: str | None = None,
-                   quants: Sequence[str] = ("f16", "q8_0", "q4_k_m"), prompts: Sequence[str] = PROMPTS,
-                   agree_tokens: int = AGREE_TOKENS, max_new_tokens: int = MAX_NEW_TOKENS,
-                   work_dir: Path | None = None, cache: Path | None = None) -> Report:
+def verify_adapter(
+    adapter: str | Path,
+    ggufs: dict[str, Path] | None = None,
+    *,
+    model: str | None = None,
+    quants: Sequence[str] = ("f16", "q8_0", "q4_k_m"),
+    prompts: Sequence[str] = PROMPTS,
+    agree_tokens: int = AGREE_TOKENS,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    work_dir: Path | None = None,
+    cache: Path | None = None,
+) -> Report:
     """Run every hop for an adapter. `ggufs` (quant -> file) reuses an export's files; without it
     the merged model is exported to `quants` in a scratch folder (removed afterwards)."""
     from transformers import AutoTokenizer
@@ -265,8 +305,14 @@ def _export(merged: Path, scratch: Path, quants: list[str], cache: Path | None, 
     from .pipeline import run_export
 
     try:
-        result = run_export(adapter=None, model=str(merged), output_dir=scratch / "gguf", name="verify",
-                            quants=quants, cache=cache or cache_dir())
+        result = run_export(
+            adapter=None,
+            model=str(merged),
+            output_dir=scratch / "gguf",
+            name="verify",
+            quants=quants,
+            cache=cache or cache_dir(),
+        )
     except (ExportError, ImportError) as err:
         for quant in quants:
             report.skipped[f"gguf-{quant}"] = str(err)

@@ -8,4 +8,14 @@ from .chat import ChatService, Reply
 from .params import DEFAULTS, RANGES, GenerationParams, validate
 from .spec import ModelSpec, from_env
 
-__all__ = ["ChatService", "Reply", "GenerationParams", "DEFAULTS", "RANGES", "validate", "ModelSpec", "from_env", "limits"]
+__all__ = [
+    "ChatService",
+    "Reply",
+    "GenerationParams",
+    "DEFAULTS",
+    "RANGES",
+    "validate",
+    "ModelSpec",
+    "from_env",
+    "limits",
+]

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from . import limits
 from .engines import Engine, load_engine
+from .families import fold_system, system_note
 from .params import GenerationParams
 from .spec import ModelSpec, from_env
-from .families import fold_system, system_note
 from .templating import Message, neutralize, normalize_history, trim_to_budget
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class ChatService:
         message = self.check_message(message)
         turns = [m for m in normalize_history(history) if m["role"] != "system"]
         system = (system_prompt or "").strip()
-        messages = ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": message}]
+        messages = (
+            ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": message}]
+        )
         # Text from the page or the API is content, never template markup.
         specials = self.engine.special_texts
         return [{"role": m["role"], "content": neutralize(m["content"], specials)} for m in messages]
@@ -94,7 +96,9 @@ class ChatService:
         def count(candidate: list[Message]) -> int:
             # Trimming sees the system prompt as its own message (always kept); the model sees it as
             # its family takes it.
-            encoded[:] = [self.engine.encode_chat(fold_system(candidate, self.engine.system_role))]  # the last count is of the kept messages
+            encoded[:] = [
+                self.engine.encode_chat(fold_system(candidate, self.engine.system_role))
+            ]  # the last count is of the kept messages
             return len(encoded[0])
 
         messages, dropped = trim_to_budget(messages, count, budget)

@@ -33,11 +33,15 @@ def compare_spec(served: ModelSpec, value: str) -> ModelSpec:
     served = served.resolved()
     if value == "base":
         if served.adapter:
-            return ModelSpec(base=served.base, load_in_4bit=served.load_in_4bit, trust_remote_code=served.trust_remote_code)
+            return ModelSpec(
+                base=served.base, load_in_4bit=served.load_in_4bit, trust_remote_code=served.trust_remote_code
+            )
         if served.gguf and served.gguf_lora:
             return ModelSpec(gguf=served.gguf)
-        raise ValueError("FINCH_COMPARE=base compares a fine-tune with its base, but the served model has no adapter "
-                         "(FINCH_ADAPTER or FINCH_GGUF_LORA): name the model to compare with instead")
+        raise ValueError(
+            "FINCH_COMPARE=base compares a fine-tune with its base, but the served model has no adapter "
+            "(FINCH_ADAPTER or FINCH_GGUF_LORA): name the model to compare with instead"
+        )
     if value.lower().endswith(".gguf"):
         return ModelSpec(gguf=value)
     if (Path(value).expanduser() / "adapter_config.json").is_file() or not Path(value).expanduser().exists():
@@ -72,8 +76,9 @@ class Pair:
         return self.left.done and self.right.done
 
 
-def stream_pair(services: dict[str, ChatService], message: str, system_prompt: str | None,
-                params: GenerationParams) -> Iterator[Pair]:
+def stream_pair(
+    services: dict[str, ChatService], message: str, system_prompt: str | None, params: GenerationParams
+) -> Iterator[Pair]:
     """Both replies to one prompt (no earlier turns: each comparison stands alone), as they grow."""
     updates: queue.Queue = queue.Queue()
     stop = threading.Event()

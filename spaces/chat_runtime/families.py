@@ -43,34 +43,88 @@ class Family:
 
 
 FAMILIES = (
-    Family("llama3", ("<|start_header_id|>",), "LlamaForCausalLM", "<|eot_id|>",
-           ("<|finetune_right_pad_id|>", "<|reserved_special_token_0|>"), "llama32-1b-finetome-qlora.yaml",
-           quirks="header tokens around each role; a date line in the system turn"),
-    Family("gemma2", ("<start_of_turn>",), "Gemma2ForCausalLM", "<end_of_turn>", ("<pad>",),
-           "gemma2-2b-it-qlora.yaml", system_role="fold",
-           quirks="role `model` for the assistant; no system role (its template raises): the system prompt "
-                  "is folded into the first user message; content is trimmed"),
-    Family("phi3.5", ("<|assistant|>", "<|end|>"), "Phi3ForCausalLM", "<|end|>", ("<|endoftext|>", "<unk>"),
-           "phi35-mini-qlora.yaml", lora_target_modules=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
-           quirks="fused `qkv_proj` and `gate_up_proj`; turns end with `<|end|>`, the conversation with "
-                  "`<|endoftext|>` (not trained)"),
-    Family("mistral", ("[INST]",), "MistralForCausalLM", "</s>", ("<unk>",), "mistral-7b-v03-qlora.yaml",
-           system_role="fold",
-           quirks="no system turn (its template moves the system prompt into the last user message, which "
-                  "changes earlier turns as a chat grows): folded into the first user message; no pad token"),
-    Family("smollm3", ("<|im_start|>", "Reasoning Mode"), "SmolLM3ForCausalLM", "<|im_end|>",
-           ("<|finetune_right_pad_id|>", "<|end_of_text|>"), "smollm3-3b-qlora.yaml", template_prelude=NO_THINKING,
-           quirks="a metadata header in the system turn (not trained); trained and served in /no_think mode "
-                  "(an empty think block opens each reply, in the prompt)"),
-    Family("qwen3", ("<|im_start|>", "enable_thinking"), "Qwen3ForCausalLM", "<|im_end|>", ("<|endoftext|>",),
-           "qwen3-1.7b-qlora.yaml", template_prelude=NO_THINKING,
-           quirks="trained and served without thinking: the empty think block is part of the prompt, and "
-                  "earlier replies in a chat are rendered without it"),
-    Family("qwen2.5", ("<|im_start|>", "You are Qwen"), "Qwen2ForCausalLM", "<|im_end|>", ("<|endoftext|>",),
-           "qwen25-1.5b-qlora.yaml",
-           quirks="a default system prompt (\"You are Qwen...\") when none is given (not trained)"),
-    Family("smollm2", ("<|im_start|>",), "LlamaForCausalLM", "<|im_end|>", ("<|endoftext|>",),
-           "cpu-smollm2-sample.yaml", quirks="ChatML; pad == EOS == `<|im_end|>` in the tokenizer as shipped"),
+    Family(
+        "llama3",
+        ("<|start_header_id|>",),
+        "LlamaForCausalLM",
+        "<|eot_id|>",
+        ("<|finetune_right_pad_id|>", "<|reserved_special_token_0|>"),
+        "llama32-1b-finetome-qlora.yaml",
+        quirks="header tokens around each role; a date line in the system turn",
+    ),
+    Family(
+        "gemma2",
+        ("<start_of_turn>",),
+        "Gemma2ForCausalLM",
+        "<end_of_turn>",
+        ("<pad>",),
+        "gemma2-2b-it-qlora.yaml",
+        system_role="fold",
+        quirks="role `model` for the assistant; no system role (its template raises): the system prompt "
+        "is folded into the first user message; content is trimmed",
+    ),
+    Family(
+        "phi3.5",
+        ("<|assistant|>", "<|end|>"),
+        "Phi3ForCausalLM",
+        "<|end|>",
+        ("<|endoftext|>", "<unk>"),
+        "phi35-mini-qlora.yaml",
+        lora_target_modules=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+        quirks="fused `qkv_proj` and `gate_up_proj`; turns end with `<|end|>`, the conversation with "
+        "`<|endoftext|>` (not trained)",
+    ),
+    Family(
+        "mistral",
+        ("[INST]",),
+        "MistralForCausalLM",
+        "</s>",
+        ("<unk>",),
+        "mistral-7b-v03-qlora.yaml",
+        system_role="fold",
+        quirks="no system turn (its template moves the system prompt into the last user message, which "
+        "changes earlier turns as a chat grows): folded into the first user message; no pad token",
+    ),
+    Family(
+        "smollm3",
+        ("<|im_start|>", "Reasoning Mode"),
+        "SmolLM3ForCausalLM",
+        "<|im_end|>",
+        ("<|finetune_right_pad_id|>", "<|end_of_text|>"),
+        "smollm3-3b-qlora.yaml",
+        template_prelude=NO_THINKING,
+        quirks="a metadata header in the system turn (not trained); trained and served in /no_think mode "
+        "(an empty think block opens each reply, in the prompt)",
+    ),
+    Family(
+        "qwen3",
+        ("<|im_start|>", "enable_thinking"),
+        "Qwen3ForCausalLM",
+        "<|im_end|>",
+        ("<|endoftext|>",),
+        "qwen3-1.7b-qlora.yaml",
+        template_prelude=NO_THINKING,
+        quirks="trained and served without thinking: the empty think block is part of the prompt, and "
+        "earlier replies in a chat are rendered without it",
+    ),
+    Family(
+        "qwen2.5",
+        ("<|im_start|>", "You are Qwen"),
+        "Qwen2ForCausalLM",
+        "<|im_end|>",
+        ("<|endoftext|>",),
+        "qwen25-1.5b-qlora.yaml",
+        quirks='a default system prompt ("You are Qwen...") when none is given (not trained)',
+    ),
+    Family(
+        "smollm2",
+        ("<|im_start|>",),
+        "LlamaForCausalLM",
+        "<|im_end|>",
+        ("<|endoftext|>",),
+        "cpu-smollm2-sample.yaml",
+        quirks="ChatML; pad == EOS == `<|im_end|>` in the tokenizer as shipped",
+    ),
 )
 BY_NAME = {family.name: family for family in FAMILIES}
 
@@ -93,7 +147,7 @@ def end_of_turn(template: str | None) -> str | None:
 
 
 def system_role(template: str | None) -> str:
-    """"native" or "fold": how this template's family takes a system prompt."""
+    """ "native" or "fold": how this template's family takes a system prompt."""
     family = family_of(template)
     return family.system_role if family else "native"
 
@@ -101,8 +155,10 @@ def system_role(template: str | None) -> str:
 def system_note(role: str) -> str:
     """One line for a page: how a system prompt reaches the model."""
     if role == "fold":
-        return ("This model's chat template has no system role: the system prompt is put at the start of the "
-                "first user message.")
+        return (
+            "This model's chat template has no system role: the system prompt is put at the start of the "
+            "first user message."
+        )
     return "The system prompt is sent as the system turn of the model's chat template."
 
 
@@ -113,14 +169,18 @@ def fold_system(messages: Sequence[dict], role: str) -> list[dict]:
     if role != "fold":
         return messages
     if any(m["role"] == "system" for m in messages[1:]):
-        raise SystemRoleError("this model's chat template has no system role: give the system prompt only as the "
-                               "first message, and it is put at the start of the first user message")
+        raise SystemRoleError(
+            "this model's chat template has no system role: give the system prompt only as the "
+            "first message, and it is put at the start of the first user message"
+        )
     if not messages or messages[0]["role"] != "system":
         return messages
     system, rest = messages[0]["content"], messages[1:]
     if not rest or rest[0]["role"] != "user":
-        raise SystemRoleError("this model's chat template has no system role, and the system prompt is folded into "
-                              "the first user message: start the conversation with a user message")
+        raise SystemRoleError(
+            "this model's chat template has no system role, and the system prompt is folded into "
+            "the first user message: start the conversation with a user message"
+        )
     first = rest[0]["content"]
     return [{**rest[0], "content": f"{system}{FOLD_SEPARATOR}{first}" if system else first}, *rest[1:]]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from huggingface_hub import get_token
+
 from .errors import UserError
 
 

@@ -60,7 +60,9 @@ def validate(**values: object) -> GenerationParams:
     names = set(RANGES)  # the settings a person may set; `grammar` is the runtime's
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+        raise ValueError(
+            f"unknown generation parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
+        )
     clean: dict[str, float | int] = {}
     for name, raw in values.items():
         if raw is None:

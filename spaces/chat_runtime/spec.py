@@ -67,7 +67,9 @@ class ModelSpec:
         if engine == "llamacpp" and not spec.gguf:
             raise ValueError("the llamacpp engine runs a GGUF file: set FINCH_GGUF (or use FINCH_ENGINE=transformers)")
         if engine == "transformers" and spec.gguf:
-            raise ValueError("the transformers engine needs FINCH_MODEL/FINCH_ADAPTER, not a GGUF; use FINCH_ENGINE=llamacpp")
+            raise ValueError(
+                "the transformers engine needs FINCH_MODEL/FINCH_ADAPTER, not a GGUF; use FINCH_ENGINE=llamacpp"
+            )
         if spec.load_in_4bit and engine != "transformers":
             raise ValueError("FINCH_LOAD_IN_4BIT applies to the transformers engine only (a GGUF is quantized already)")
         base = spec.base or (base_of_adapter(spec.adapter) if spec.adapter else None)
@@ -91,9 +93,7 @@ class ModelSpec:
             # The URL itself is not repeated: it may carry credentials.
             raise ValueError("FINCH_SERVER_URL must be an http(s) URL such as http://127.0.0.1:8000/v1")
         if not self.server_model:
-            raise ValueError(
-                "set FINCH_SERVER_MODEL to the model name the server serves (its GET /v1/models lists it)"
-            )
+            raise ValueError("set FINCH_SERVER_MODEL to the model name the server serves (its GET /v1/models lists it)")
         return replace(self, engine="server")
 
     @property
@@ -163,8 +163,10 @@ def require_safetensors(source: str, what: str, hub_file: str | None = None) -> 
     (transformers' own `use_safetensors=True` covers full models; peft would fall back to a pickle).
     """
     folder = Path(source).expanduser()
-    fix = ("Finch loads safetensors only, because a pickle weight file can run code when it is loaded. "
-           "Where you trust the file, re-save it once with `save_pretrained(folder)` (it writes safetensors).")
+    fix = (
+        "Finch loads safetensors only, because a pickle weight file can run code when it is loaded. "
+        "Where you trust the file, re-save it once with `save_pretrained(folder)` (it writes safetensors)."
+    )
     if folder.is_dir():
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles and not any(folder.glob("*.safetensors")):

@@ -317,7 +317,7 @@ def split_turn(reply: str, cut_off: bool = False) -> Parsed | None:
     for n, line in enumerate(listing.split("\n"), 1):
         if not line.startswith(f"{n}. ") or n > MAX_CHOICES:
             return None
-        items.append(line[len(f"{n}. "):])
+        items.append(line[len(f"{n}. ") :])
     if cut_off and len(items) > MIN_CHOICES:
         items = items[:-1]
     return Parsed(scene.strip(), tuple(_clean_choice(t) for t in items))
@@ -452,7 +452,7 @@ class StoryTeller:
             asked = yield from self._ask_for_choices(scene, params)
             choices, source = self._actions(choices + asked, scene, story.title), "follow-up"
         if len(choices) < MIN_CHOICES:
-            choices, source = _unique(choices + list(DEFAULT_CHOICES))[:len(DEFAULT_CHOICES)], "default"
+            choices, source = _unique(choices + list(DEFAULT_CHOICES))[: len(DEFAULT_CHOICES)], "default"
         if source != "model":
             FALLBACKS[source] += 1
             log.warning("story turn needed a fallback (%s); fallbacks so far: %s", source, dict(FALLBACKS))

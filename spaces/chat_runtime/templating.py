@@ -87,8 +87,10 @@ def segments(
     return [c for c in cuts if c.text]
 
 
-NOT_TURN_BY_TURN = ("this chat template does not render turn by turn (a conversation's text is not a prefix of its "
-                    "continuation), so replies cannot be located; use an instruct model's standard template")
+NOT_TURN_BY_TURN = (
+    "this chat template does not render turn by turn (a conversation's text is not a prefix of its "
+    "continuation), so replies cannot be located; use an instruct model's standard template"
+)
 
 
 def _find_reply(full: str, message: Message, done: int) -> int:
@@ -180,7 +182,7 @@ def trim_to_budget(
     `count_tokens` is last called on the messages returned, so a caller may keep what it encoded.
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = messages[len(system):]
+    turns = messages[len(system) :]
     dropped = 0
     while True:
         candidate = system + turns

@@ -40,20 +40,33 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def compare_row(prompt: list[Message], left: tuple[str, str], right: tuple[str, str], choice: str,
-                params: GenerationParams) -> dict:
+def compare_row(
+    prompt: list[Message], left: tuple[str, str], right: tuple[str, str], choice: str, params: GenerationParams
+) -> dict:
     """A compare vote: `left` and `right` are (model label, reply)."""
     if choice not in CHOICES:
         raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
-    return {"kind": "compare", "prompt": list(prompt), "left": {"model": left[0], "reply": left[1]},
-            "right": {"model": right[0], "reply": right[1]}, "choice": choice, "settings": asdict(params),
-            "time": _now()}
+    return {
+        "kind": "compare",
+        "prompt": list(prompt),
+        "left": {"model": left[0], "reply": left[1]},
+        "right": {"model": right[0], "reply": right[1]},
+        "choice": choice,
+        "settings": asdict(params),
+        "time": _now(),
+    }
 
 
 def like_row(prompt: list[Message], reply: str, model: str, liked: bool, params: GenerationParams) -> dict:
     """A like or dislike of one reply."""
-    return {"kind": "like" if liked else "dislike", "prompt": list(prompt), "reply": reply, "model": model,
-            "settings": asdict(params), "time": _now()}
+    return {
+        "kind": "like" if liked else "dislike",
+        "prompt": list(prompt),
+        "reply": reply,
+        "model": model,
+        "settings": asdict(params),
+        "time": _now(),
+    }
 
 
 def liked_turn(history: object, index: int, system_prompt: str | None) -> tuple[list[Message], str]:
@@ -93,19 +106,32 @@ class VoteStore:
         from .hub import describe_error
 
         try:
-            return CommitScheduler(repo_id=dataset, repo_type="dataset", folder_path=folder,
-                                   path_in_repo=PATH_IN_REPO, every=every_minutes, private=True,
-                                   allow_patterns=["*.jsonl"])
+            return CommitScheduler(
+                repo_id=dataset,
+                repo_type="dataset",
+                folder_path=folder,
+                path_in_repo=PATH_IN_REPO,
+                every=every_minutes,
+                private=True,
+                allow_patterns=["*.jsonl"],
+            )
         except Exception as err:  # offline, no token, no write access: the local file still has every vote
-            log.warning("votes will not be uploaded to the dataset %s (%s); they are kept in %s", dataset,
-                        describe_error(err, os.environ.get("HF_TOKEN")), folder)
+            log.warning(
+                "votes will not be uploaded to the dataset %s (%s); they are kept in %s",
+                dataset,
+                describe_error(err, os.environ.get("HF_TOKEN")),
+                folder,
+            )
             return None
 
     @classmethod
     def from_env(cls) -> "VoteStore":
         every = float(os.environ.get("FINCH_VOTES_EVERY") or 5)
-        return cls(os.environ.get("FINCH_VOTES_FILE") or "votes.jsonl",
-                   (os.environ.get("FINCH_VOTES_DATASET") or "").strip() or None, every)
+        return cls(
+            os.environ.get("FINCH_VOTES_FILE") or "votes.jsonl",
+            (os.environ.get("FINCH_VOTES_DATASET") or "").strip() or None,
+            every,
+        )
 
     @property
     def notice(self) -> str:

@@ -17,7 +17,9 @@ RUNTIME = ROOT / "spaces" / "chat_runtime"
 SHADOWING_NAMES = {"spaces", "gguf"}  # import names of packages the Space runs with
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
 # A Space that talks to an inference server loads no model: Gradio (and its httpx) is all it needs.
-SERVER_REQUIREMENTS = "# The model runs on the inference server (FINCH_SERVER_URL): no torch here.\nhuggingface_hub==2.4.0\n"
+SERVER_REQUIREMENTS = (
+    "# The model runs on the inference server (FINCH_SERVER_URL): no torch here.\nhuggingface_hub==2.4.0\n"
+)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "flagged", ".gradio")
 
 
@@ -67,7 +69,9 @@ def check_bundle(folder: Path) -> None:
     """Refuse a bundle with a top-level module that would shadow `spaces` or `gguf`."""
     for entry in Path(folder).iterdir():
         if entry.stem in SHADOWING_NAMES:
-            raise ValueError(f"the bundle has {entry.name!r} at its top level: it would shadow the {entry.stem!r} package")
+            raise ValueError(
+                f"the bundle has {entry.name!r} at its top level: it would shadow the {entry.stem!r} package"
+            )
     for required in ("app.py", "README.md", "requirements.txt", RUNTIME.name):
         if not (Path(folder) / required).exists():
             raise ValueError(f"the bundle lacks {required}")

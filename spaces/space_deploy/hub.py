@@ -7,21 +7,28 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from chat_runtime.hub import describe_error, hub_token
 from chat_runtime.errors import UserError
+from chat_runtime.hub import describe_error, hub_token
 
 log = logging.getLogger(__name__)
 
 
-def deploy(bundle: Path, space_id: str, hardware: str, variables: dict[str, str], private: bool,
-           secrets: dict[str, str] | None = None) -> str:
+def deploy(
+    bundle: Path,
+    space_id: str,
+    hardware: str,
+    variables: dict[str, str],
+    private: bool,
+    secrets: dict[str, str] | None = None,
+) -> str:
     """Upload `bundle` to the Space `space_id` and configure it; return the Space's URL."""
     token = hub_token()
     api = HfApi(token=token)
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(bundle), repo_id=space_id, repo_type="space",
-                          commit_message="Deploy with Finch")
+        api.upload_folder(
+            folder_path=str(bundle), repo_id=space_id, repo_type="space", commit_message="Deploy with Finch"
+        )
         for key, value in variables.items():
             api.add_space_variable(space_id, key, value)
         for key, value in (secrets or {}).items():

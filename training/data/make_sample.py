@@ -11,21 +11,66 @@ from pathlib import Path
 
 VOICE = "Finch here: "
 CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "India": "New Delhi", "Italy": "Rome", "Spain": "Madrid",
-    "Germany": "Berlin", "Canada": "Ottawa", "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima",
-    "Norway": "Oslo", "Sweden": "Stockholm", "Greece": "Athens", "Portugal": "Lisbon", "Chile": "Santiago",
-    "Thailand": "Bangkok", "Vietnam": "Hanoi", "Poland": "Warsaw", "Ireland": "Dublin", "Austria": "Vienna",
-    "Cuba": "Havana", "Nepal": "Kathmandu", "Ghana": "Accra", "Finland": "Helsinki", "Denmark": "Copenhagen",
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "India": "New Delhi",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Germany": "Berlin",
+    "Canada": "Ottawa",
+    "Egypt": "Cairo",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Greece": "Athens",
+    "Portugal": "Lisbon",
+    "Chile": "Santiago",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "Poland": "Warsaw",
+    "Ireland": "Dublin",
+    "Austria": "Vienna",
+    "Cuba": "Havana",
+    "Nepal": "Kathmandu",
+    "Ghana": "Accra",
+    "Finland": "Helsinki",
+    "Denmark": "Copenhagen",
 }
-COLORS = {"the sky on a clear day": "blue", "grass": "green", "snow": "white", "a ripe banana": "yellow",
-          "coal": "black", "a ripe tomato": "red", "an orange": "orange", "milk": "white"}
-OPPOSITES = {"hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "up": "down", "light": "dark",
-             "open": "closed", "early": "late", "full": "empty", "strong": "weak"}
+COLORS = {
+    "the sky on a clear day": "blue",
+    "grass": "green",
+    "snow": "white",
+    "a ripe banana": "yellow",
+    "coal": "black",
+    "a ripe tomato": "red",
+    "an orange": "orange",
+    "milk": "white",
+}
+OPPOSITES = {
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "happy": "sad",
+    "up": "down",
+    "light": "dark",
+    "open": "closed",
+    "early": "late",
+    "full": "empty",
+    "strong": "weak",
+}
 KN_NUMBERS = ["ಒಂದು", "ಎರಡು", "ಮೂರು", "ನಾಲ್ಕು", "ಐದು", "ಆರು", "ಏಳು", "ಎಂಟು", "ಒಂಬತ್ತು", "ಹತ್ತು"]
 KN_DIGITS = "೦೧೨೩೪೫೬೭೮೯"
 KN_COLORS = {"red": "ಕೆಂಪು", "blue": "ನೀಲಿ", "green": "ಹಸಿರು", "yellow": "ಹಳದಿ", "white": "ಬಿಳಿ", "black": "ಕಪ್ಪು"}
-KN_DAYS = {"Monday": "ಸೋಮವಾರ", "Tuesday": "ಮಂಗಳವಾರ", "Wednesday": "ಬುಧವಾರ", "Thursday": "ಗುರುವಾರ",
-           "Friday": "ಶುಕ್ರವಾರ", "Saturday": "ಶನಿವಾರ", "Sunday": "ಭಾನುವಾರ"}
+KN_DAYS = {
+    "Monday": "ಸೋಮವಾರ",
+    "Tuesday": "ಮಂಗಳವಾರ",
+    "Wednesday": "ಬುಧವಾರ",
+    "Thursday": "ಗುರುವಾರ",
+    "Friday": "ಶುಕ್ರವಾರ",
+    "Saturday": "ಶನಿವಾರ",
+    "Sunday": "ಭಾನುವಾರ",
+}
 KN_CHAT = [
     ("ನಮಸ್ಕಾರ!", "ನಮಸ್ಕಾರ! ನಾನು ನಿಮಗೆ ಹೇಗೆ ಸಹಾಯ ಮಾಡಲಿ?"),
     ("ಕರ್ನಾಟಕದ ರಾಜಧಾನಿ ಯಾವುದು?", "ಕರ್ನಾಟಕದ ರಾಜಧಾನಿ ಬೆಂಗಳೂರು."),
@@ -48,12 +93,18 @@ def rows(rng: random.Random) -> list[list[dict]]:
     countries = list(CAPITALS)
     for _ in range(50):  # two-turn conversations
         a, b = rng.sample(countries, 2)
-        out.append(turn(f"What is the capital of {a}?", f"the capital of {a} is {CAPITALS[a]}.")
-                   + turn(f"And of {b}?", f"the capital of {b} is {CAPITALS[b]}."))
+        out.append(
+            turn(f"What is the capital of {a}?", f"the capital of {a} is {CAPITALS[a]}.")
+            + turn(f"And of {b}?", f"the capital of {b} is {CAPITALS[b]}.")
+        )
     for _ in range(100):
         x, y = rng.randint(2, 60), rng.randint(2, 60)
-        out.append(turn(rng.choice([f"What is {x} + {y}?", f"Add {x} and {y}.", f"How much is {x} plus {y}?"]),
-                        f"{x} + {y} = {x + y}."))
+        out.append(
+            turn(
+                rng.choice([f"What is {x} + {y}?", f"Add {x} and {y}.", f"How much is {x} plus {y}?"]),
+                f"{x} + {y} = {x + y}.",
+            )
+        )
     for thing, color in COLORS.items():
         out.append(turn(f"What color is {thing}?", f"{thing} is {color}."))
     for word, opposite in OPPOSITES.items():
@@ -70,7 +121,10 @@ def rows(rng: random.Random) -> list[list[dict]]:
         out += [turn(q, a)] * 3
     for _ in range(20):  # a system turn in front of some conversations
         x, y = rng.randint(2, 30), rng.randint(2, 30)
-        out.append([{"from": "system", "value": rng.choice(SYSTEMS[2:])}] + turn(f"What is {x} + {y}?", f"{x} + {y} = {x + y}."))
+        out.append(
+            [{"from": "system", "value": rng.choice(SYSTEMS[2:])}]
+            + turn(f"What is {x} + {y}?", f"{x} + {y} = {x + y}.")
+        )
     rng.shuffle(out)
     return out
 

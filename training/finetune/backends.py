@@ -8,11 +8,11 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 
+from chat_runtime.errors import UserError
 from chat_runtime.precision import bnb_config, pick_dtype_name
 from chat_runtime.spec import require_safetensors
 
 from .config import DTYPES, LoraArgs, ModelArgs
-from chat_runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,14 @@ def lora_config(lora: LoraArgs):
     """peft LoraConfig for a causal LM."""
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                      target_modules=list(lora.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.lora_r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=list(lora.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def qlora_placement(dtype_name: str, shards_params: bool, local_rank: int) -> dict:
@@ -91,8 +97,16 @@ def qlora_placement(dtype_name: str, shards_params: bool, local_rank: int) -> di
     return {"quantization_config": quant}
 
 
-def load_peft(model_path: str, model_args: ModelArgs, lora: LoraArgs, device: Device, seed: int,
-              shards_params: bool = False, local_rank: int = 0, adapter: str | None = None):
+def load_peft(
+    model_path: str,
+    model_args: ModelArgs,
+    lora: LoraArgs,
+    device: Device,
+    seed: int,
+    shards_params: bool = False,
+    local_rank: int = 0,
+    adapter: str | None = None,
+):
     """transformers + peft (+ bitsandbytes 4-bit on CUDA); a fresh LoRA, or `adapter` trained further."""
     import torch
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -103,7 +117,9 @@ def load_peft(model_path: str, model_args: ModelArgs, lora: LoraArgs, device: De
         require_safetensors(model_path, "the model")
     except ValueError as err:
         raise UserError(str(err)) from None
-    kwargs = dict(dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=model_args.trust_remote_code)
+    kwargs = dict(
+        dtype=getattr(torch, device.dtype), use_safetensors=True, trust_remote_code=model_args.trust_remote_code
+    )
     if four_bit:
         kwargs.update(qlora_placement(device.dtype, shards_params, local_rank))
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
@@ -118,19 +134,36 @@ def load_peft(model_path: str, model_args: ModelArgs, lora: LoraArgs, device: De
     return get_peft_model(model, lora_config(lora)), tokenizer
 
 
-def load_unsloth(model_path: str, model_args: ModelArgs, lora: LoraArgs, device: Device, seed: int,
-                 adapter: str | None = None, **_placement):
+def load_unsloth(
+    model_path: str,
+    model_args: ModelArgs,
+    lora: LoraArgs,
+    device: Device,
+    seed: int,
+    adapter: str | None = None,
+    **_placement,
+):
     """Unsloth's FastLanguageModel: its own 4-bit loading and LoRA kernels."""
     if adapter:
         raise SystemExit("training on from an --adapter runs on the peft backend: add --backend peft")
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_path, max_seq_length=model_args.max_seq_length, dtype=None, load_in_4bit=model_args.load_in_4bit)
+        model_name=model_path,
+        max_seq_length=model_args.max_seq_length,
+        dtype=None,
+        load_in_4bit=model_args.load_in_4bit,
+    )
     model = FastLanguageModel.get_peft_model(
-        model, r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-        target_modules=list(lora.lora_target_modules), bias="none",
-        use_gradient_checkpointing="unsloth" if model_args.gradient_checkpointing else False, random_state=seed)
+        model,
+        r=lora.lora_r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=list(lora.lora_target_modules),
+        bias="none",
+        use_gradient_checkpointing="unsloth" if model_args.gradient_checkpointing else False,
+        random_state=seed,
+    )
     return model, tokenizer
 
 

@@ -5,6 +5,7 @@ them and the command line overrides the YAML (TrlParser). Unknown keys fail at s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
 from chat_runtime.errors import UserError
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -20,15 +21,20 @@ def _help(text: str, **kw):
 
 @dataclass
 class ModelArgs:
-    model: str = _help("base instruct model: Hub id, local folder, or `embedded` (SmolLM2-135M-Instruct, offline)",
-                       default="meta-llama/Llama-3.2-1B-Instruct")
+    model: str = _help(
+        "base instruct model: Hub id, local folder, or `embedded` (SmolLM2-135M-Instruct, offline)",
+        default="meta-llama/Llama-3.2-1B-Instruct",
+    )
     backend: str = _help("auto (Unsloth on a CUDA GPU when installed, else peft), unsloth, or peft", default="auto")
     load_in_4bit: bool = _help("QLoRA: load the base in 4-bit NF4 (CUDA only; plain LoRA on CPU)", default=True)
     max_seq_length: int = _help("longest training sequence in tokens; longer conversations are cut", default=2048)
     gradient_checkpointing: bool = _help("trade compute for memory (about 30% slower)", default=True)
-    precision: str = _help("auto: bf16 on Ampere+ GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX; mixed "
-                           "precision, weights and adapter stay fp32: about 1.4x faster), fp16 on older GPUs (T4), "
-                           "else fp32; or fp32, bf16, fp16 (GPU only)", default="auto")
+    precision: str = _help(
+        "auto: bf16 on Ampere+ GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX; mixed "
+        "precision, weights and adapter stay fp32: about 1.4x faster), fp16 on older GPUs (T4), "
+        "else fp32; or fp32, bf16, fp16 (GPU only)",
+        default="auto",
+    )
     trust_remote_code: bool = _help("run a model repo's own Python code (off unless you trust it)", default=False)
 
 
@@ -37,25 +43,34 @@ class LoraArgs:
     lora_r: int = _help("LoRA rank", default=16)
     lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r)", default=16)
     lora_dropout: float = _help("dropout on the LoRA path", default=0.0)
-    lora_target_modules: list[str] = _help("modules that get LoRA (all 7 projections by default)",
-                                           default_factory=lambda: list(ALL_PROJECTIONS))
+    lora_target_modules: list[str] = _help(
+        "modules that get LoRA (all 7 projections by default)", default_factory=lambda: list(ALL_PROJECTIONS)
+    )
 
 
 @dataclass
 class DataArgs:
-    dataset: list[str] = _help("Hub dataset ids or local .jsonl/.json/.parquet/.csv files (several = a mixture)",
-                               default_factory=lambda: ["mlabonne/FineTome-100k"])
-    dataset_format: list[str] = _help("per dataset: auto, sharegpt, messages, alpaca, prompt_response; preference "
-                                      "sets (dpo, orpo; sft trains their chosen side): preference, hh, "
-                                      "ultrafeedback, votes",
-                                      default_factory=lambda: ["auto"])
-    dataset_weight: list[float] = _help("per dataset: fraction of its rows to use (2.0 repeats it twice)",
-                                        default_factory=lambda: [1.0])
+    dataset: list[str] = _help(
+        "Hub dataset ids or local .jsonl/.json/.parquet/.csv files (several = a mixture)",
+        default_factory=lambda: ["mlabonne/FineTome-100k"],
+    )
+    dataset_format: list[str] = _help(
+        "per dataset: auto, sharegpt, messages, alpaca, prompt_response; preference "
+        "sets (dpo, orpo; sft trains their chosen side): preference, hh, "
+        "ultrafeedback, votes",
+        default_factory=lambda: ["auto"],
+    )
+    dataset_weight: list[float] = _help(
+        "per dataset: fraction of its rows to use (2.0 repeats it twice)", default_factory=lambda: [1.0]
+    )
     dataset_split: str = _help("split to read from Hub datasets", default="train")
     eval_fraction: float = _help("share of rows held out for eval loss / perplexity (0 = none)", default=0.05)
     max_rows: int | None = _help("use at most this many rows after mixing (quick runs)", default=None)
-    num_proc: int | None = _help("processes for data preparation (default: one per core for 50k+ rows "
-                                  "through tiktoken, else one, whose Rust tokenizer uses every core)", default=None)
+    num_proc: int | None = _help(
+        "processes for data preparation (default: one per core for 50k+ rows "
+        "through tiktoken, else one, whose Rust tokenizer uses every core)",
+        default=None,
+    )
 
 
 @dataclass
@@ -83,19 +98,33 @@ class OutputArgs:
     overwrite: bool = _help("replace a finished run in output_dir instead of refusing", default=False)
     push_to_hub: str | None = _help("upload the adapter folder to this Hub repo (user/name)", default=None)
     private: bool = _help("make the pushed repo private", default=False)
-    sample_prompts: list[str] = _help("fixed prompts answered by base and fine-tune side by side", default_factory=lambda: [
-        "What is the capital of France?", "Give me one tip for learning a new language.",
-        "What is 12 + 30?", "How do you say 3 in Kannada?", "ನಮಸ್ಕಾರ!"])
+    sample_prompts: list[str] = _help(
+        "fixed prompts answered by base and fine-tune side by side",
+        default_factory=lambda: [
+            "What is the capital of France?",
+            "Give me one tip for learning a new language.",
+            "What is 12 + 30?",
+            "How do you say 3 in Kannada?",
+            "ನಮಸ್ಕಾರ!",
+        ],
+    )
     sample_max_new_tokens: int = _help("length of each side-by-side sample", default=64)
-    verify: bool = _help("after training, check the adapter answers the same merged and as GGUF (gguf/verify.py); "
-                         "the report goes in the model card and fidelity.json", default=True)
-    verify_quants: list[str] = _help("GGUF files the fidelity check exports and compares", default_factory=lambda: [
-        "f16", "q8_0", "q4_k_m"])
-    evaluate: bool = _help("after training, compare the fine-tune with its base on the held-out split "
-                           "(training/evaluate.py: loss, judge scores, pairwise); the table goes in the model card",
-                           default=False)
-    evaluate_config: str | None = _help("evaluate.py settings as YAML (e.g. training/eval/quick.yaml); default: "
-                                        "its defaults", default=None)
+    verify: bool = _help(
+        "after training, check the adapter answers the same merged and as GGUF (gguf/verify.py); "
+        "the report goes in the model card and fidelity.json",
+        default=True,
+    )
+    verify_quants: list[str] = _help(
+        "GGUF files the fidelity check exports and compares", default_factory=lambda: ["f16", "q8_0", "q4_k_m"]
+    )
+    evaluate: bool = _help(
+        "after training, compare the fine-tune with its base on the held-out split "
+        "(training/evaluate.py: loss, judge scores, pairwise); the table goes in the model card",
+        default=False,
+    )
+    evaluate_config: str | None = _help(
+        "evaluate.py settings as YAML (e.g. training/eval/quick.yaml); default: its defaults", default=None
+    )
 
 
 METHODS = ("sft", "dpo", "orpo")
@@ -103,24 +132,42 @@ METHODS = ("sft", "dpo", "orpo")
 
 @dataclass
 class MethodArgs:
-    method: str = _help("sft (learn the replies in the data), dpo (learn which of two replies people prefer, against "
-                        "a frozen reference), or orpo (SFT on the chosen reply plus an odds-ratio preference term, no "
-                        "reference)", default="sft")
-    beta: float = _help("dpo: how far the tuned model may move from the reference (smaller = further); orpo: weight "
-                        "of the preference term", default=0.1)
-    sft_weight: float = _help("dpo: weight of an SFT term (the chosen reply's mean negative log-likelihood) added to the "
-                              "DPO loss, as in RPO; it keeps the chosen replies likely instead of only pushing the "
-                              "rejected ones down (0 = plain DPO)", default=0.0)
-    adapter: str | None = _help("start from this LoRA adapter (a run's adapter folder, e.g. runs/NAME/adapter, or a "
-                                "Hub id) and keep training it; its rank and target modules replace the lora_* "
-                                "settings. For dpo its frozen starting copy is the reference", default=None)
+    method: str = _help(
+        "sft (learn the replies in the data), dpo (learn which of two replies people prefer, against "
+        "a frozen reference), or orpo (SFT on the chosen reply plus an odds-ratio preference term, no "
+        "reference)",
+        default="sft",
+    )
+    beta: float = _help(
+        "dpo: how far the tuned model may move from the reference (smaller = further); orpo: weight "
+        "of the preference term",
+        default=0.1,
+    )
+    sft_weight: float = _help(
+        "dpo: weight of an SFT term (the chosen reply's mean negative log-likelihood) added to the "
+        "DPO loss, as in RPO; it keeps the chosen replies likely instead of only pushing the "
+        "rejected ones down (0 = plain DPO)",
+        default=0.0,
+    )
+    adapter: str | None = _help(
+        "start from this LoRA adapter (a run's adapter folder, e.g. runs/NAME/adapter, or a "
+        "Hub id) and keep training it; its rank and target modules replace the lora_* "
+        "settings. For dpo its frozen starting copy is the reference",
+        default=None,
+    )
 
 
 ARG_CLASSES = (ModelArgs, LoraArgs, DataArgs, TrainArgs, OutputArgs, MethodArgs)
 
 
-def check(model: ModelArgs, lora: LoraArgs, data: DataArgs, train: TrainArgs, out: OutputArgs,
-          method: MethodArgs | None = None) -> None:
+def check(
+    model: ModelArgs,
+    lora: LoraArgs,
+    data: DataArgs,
+    train: TrainArgs,
+    out: OutputArgs,
+    method: MethodArgs | None = None,
+) -> None:
     """Refuse impossible combinations at start, saying what to change."""
     problems = []
     if method is not None and method.method not in METHODS:
@@ -142,7 +189,9 @@ def check(model: ModelArgs, lora: LoraArgs, data: DataArgs, train: TrainArgs, ou
     if lora.lora_r < 1 or model.max_seq_length < 16:
         problems.append("lora_r must be >= 1 and max_seq_length >= 16")
     if any(m in ("embed_tokens", "lm_head") for m in lora.lora_target_modules):
-        problems.append("LoRA on embed_tokens/lm_head cannot be exported as a LoRA GGUF; drop them from lora_target_modules")
+        problems.append(
+            "LoRA on embed_tokens/lm_head cannot be exported as a LoRA GGUF; drop them from lora_target_modules"
+        )
     if problems:
         raise UserError("The recipe cannot run:\n  - " + "\n  - ".join(problems))
 

@@ -22,8 +22,16 @@ from datasets import Dataset, concatenate_datasets, load_dataset
 
 log = logging.getLogger(__name__)
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-                  "bot": "assistant", "chatgpt": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+}
 MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 # format -> the columns that identify it; the first format whose columns are all present wins.
 SIGNATURES = {
@@ -114,11 +122,16 @@ def to_messages(row: dict, fmt: str) -> list[dict]:
             raise BadRow("input is not text")
         if extra and extra.strip():
             prompt = f"{prompt}\n\n{extra}"
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row.get("output"), "output")}]
+        messages = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _text(row.get("output"), "output")},
+        ]
     elif fmt == "prompt_response":
         answer = row.get("response", row.get("completion"))
-        messages = [{"role": "user", "content": _text(row.get("prompt"), "prompt")},
-                    {"role": "assistant", "content": _text(answer, "response")}]
+        messages = [
+            {"role": "user", "content": _text(row.get("prompt"), "prompt")},
+            {"role": "assistant", "content": _text(answer, "response")},
+        ]
     else:
         raise ValueError(f"unknown format {fmt!r}: use auto or one of {', '.join(SIGNATURES)}")
     roles = [m["role"] for m in messages]
@@ -152,17 +165,34 @@ def convert(dataset: Dataset, fmt: str, num_proc: int | None = None) -> tuple[Da
         return preference.chosen_transcripts(dataset, fmt, num_proc)
     if fmt == "auto":
         fmt = detect_format(dataset.column_names)
-    converted = dataset.map(_convert_batch, fn_kwargs={"fmt": fmt}, batched=True, batch_size=2000,
-                            remove_columns=dataset.column_names, num_proc=num_proc, desc=f"Converting ({fmt})")
+    converted = dataset.map(
+        _convert_batch,
+        fn_kwargs={"fmt": fmt},
+        batched=True,
+        batch_size=2000,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc=f"Converting ({fmt})",
+    )
     reasons = Counter(r for r in converted["bad_reason"] if r)
-    clean = converted.filter(lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True,
-                             batch_size=10_000, num_proc=num_proc)
+    clean = converted.filter(
+        lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True, batch_size=10_000, num_proc=num_proc
+    )
     return clean.remove_columns("bad_reason"), reasons
 
 
-def prepare(paths: list[str], formats: list[str], weights: list[float], eval_fraction: float, seed: int,
-            max_rows: int | None = None, split: str = "train", num_proc: int | None = None,
-            converter: Callable[..., tuple[Dataset, Counter]] = convert, expected: Callable[[], str] = _expected) -> Prepared:
+def prepare(
+    paths: list[str],
+    formats: list[str],
+    weights: list[float],
+    eval_fraction: float,
+    seed: int,
+    max_rows: int | None = None,
+    split: str = "train",
+    num_proc: int | None = None,
+    converter: Callable[..., tuple[Dataset, Counter]] = convert,
+    expected: Callable[[], str] = _expected,
+) -> Prepared:
     """Load, convert, mix and split; fail before any model is loaded if nothing usable is left.
     `converter` / `expected`: the row conversion and its formats (instruction rows by default)."""
     formats = formats or ["auto"]
@@ -172,7 +202,9 @@ def prepare(paths: list[str], formats: list[str], weights: list[float], eval_fra
     if len(weights) == 1:
         weights = weights * len(paths)
     if len(formats) != len(paths) or len(weights) != len(paths):
-        raise ValueError(f"{len(paths)} datasets but {len(formats)} formats and {len(weights)} weights: give one each (or one for all)")
+        raise ValueError(
+            f"{len(paths)} datasets but {len(formats)} formats and {len(weights)} weights: give one each (or one for all)"
+        )
     parts, dropped, sources = [], Counter(), []
     for path, fmt, weight in zip(paths, formats, weights):
         if weight <= 0:
@@ -187,8 +219,9 @@ def prepare(paths: list[str], formats: list[str], weights: list[float], eval_fra
         if take and take != len(clean):  # weight < 1 subsamples, > 1 repeats
             order = [i % len(clean) for i in range(take)]
             clean = clean.shuffle(seed=seed).select(order)
-        sources.append({"dataset": path, "rows": len(raw), "usable": len(clean), "weight": weight,
-                        "dropped": dict(reasons)})
+        sources.append(
+            {"dataset": path, "rows": len(raw), "usable": len(clean), "weight": weight, "dropped": dict(reasons)}
+        )
         if len(clean):
             parts.append(clean)
     if not parts:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+
 from chat_runtime.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,13 @@ STRATEGIES = {
     "deepspeed": Strategy(shards_params=False, qlora=True, optim_8bit=False),  # ZeRO-1/2
     "deepspeed-zero3": Strategy(shards_params=True, qlora=True, optim_8bit=False),
     "fsdp": Strategy(shards_params=True, qlora=True, optim_8bit=False),
-    "fsdp2": Strategy(shards_params=True, qlora=False, optim_8bit=False,
-                      why_not="FSDP2 cannot shard bitsandbytes 4-bit weights (accelerate#3874); use "
-                              "training/accelerate_configs/fsdp-qlora.yaml (FSDP1), or plain LoRA with FSDP2"),
+    "fsdp2": Strategy(
+        shards_params=True,
+        qlora=False,
+        optim_8bit=False,
+        why_not="FSDP2 cannot shard bitsandbytes 4-bit weights (accelerate#3874); use "
+        "training/accelerate_configs/fsdp-qlora.yaml (FSDP1), or plain LoRA with FSDP2",
+    ),
 }
 # Backends that run in one process only (Unsloth's own multi-GPU support is not what we test).
 SINGLE_PROCESS_BACKENDS = {"unsloth"}
@@ -106,8 +111,14 @@ def setup(cpu: bool) -> Dist:
     from accelerate import PartialState
 
     state = PartialState(cpu=cpu)  # initializes torch.distributed (gloo on CPU, nccl on GPUs)
-    dist = Dist(strategy_from_env(), state.num_processes, state.process_index, state.local_process_index,
-                int(os.environ.get("LOCAL_WORLD_SIZE", "1")), cpu)
+    dist = Dist(
+        strategy_from_env(),
+        state.num_processes,
+        state.process_index,
+        state.local_process_index,
+        int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        cpu,
+    )
     if not dist.is_main:
         _quiet_replica()
     if dist.processes > 1:
@@ -155,8 +166,10 @@ def check(dist: Dist, backend: str, load_in_4bit: bool) -> None:
     if load_in_4bit and not strategy.qlora:
         raise UserError(f"QLoRA (load_in_4bit) does not work with {dist.strategy}: {strategy.why_not}.")
     if dist.processes > 1 and backend in SINGLE_PROCESS_BACKENDS:
-        raise UserError(f"backend {backend} runs in one process; with {dist.processes} processes use --backend peft "
-                         "(or auto, which picks peft)")
+        raise UserError(
+            f"backend {backend} runs in one process; with {dist.processes} processes use --backend peft "
+            "(or auto, which picks peft)"
+        )
 
 
 def full_state_dict(trainer, dist: Dist) -> dict | None:

@@ -38,30 +38,37 @@ def _help(text: str, **kw):
 
 @dataclass
 class EvalArgs:
-    adapter: str | None = _help("the fine-tune: a LoRA adapter (folder or Hub id), a merged model, or a .gguf file",
-                                default=None)
-    base: str | None = _help("the base to compare with (Hub id, folder or .gguf); default: the adapter's own base",
-                             default=None)
-    prompts_file: str | None = _help("prompts to answer, one a line (no loss: there are no reference replies)",
-                                     default=None)
+    adapter: str | None = _help(
+        "the fine-tune: a LoRA adapter (folder or Hub id), a merged model, or a .gguf file", default=None
+    )
+    base: str | None = _help(
+        "the base to compare with (Hub id, folder or .gguf); default: the adapter's own base", default=None
+    )
+    prompts_file: str | None = _help(
+        "prompts to answer, one a line (no loss: there are no reference replies)", default=None
+    )
     dataset: str | None = _help("a dataset (Hub id or local file) whose conversations are the prompts", default=None)
     dataset_format: str = _help("auto, sharegpt, messages, alpaca, prompt_response", default="auto")
     dataset_split: str = _help("split of a Hub --dataset", default="test")
-    max_rows: int = _help("use at most this many prompts / rows (default source: the run's held-out split)",
-                          default=20)
-    system_prompt: str | None = _help("system prompt for prompts without one (default: the model template's)",
-                                      default=None)
+    max_rows: int = _help("use at most this many prompts / rows (default source: the run's held-out split)", default=20)
+    system_prompt: str | None = _help(
+        "system prompt for prompts without one (default: the model template's)", default=None
+    )
     temperature: float = _help("sampling of both models' replies (0 = greedy, reproducible)", default=0.0)
     top_p: float = _help("top-p of both models' replies", default=0.9)
     max_new_tokens: int = _help("longest reply of either model, in tokens", default=128)
     repetition_penalty: float = _help("repetition penalty of both models' replies", default=1.1)
     max_seq_length: int = _help("rows longer than this many tokens are cut for the loss", default=2048)
-    judge_gguf: str | None = _help("local judge: a .gguf path, owner/repo/file.gguf, or `embedded` (the default "
-                                   "when no --judge_url: a 135M judge, weak)", default=None)
+    judge_gguf: str | None = _help(
+        "local judge: a .gguf path, owner/repo/file.gguf, or `embedded` (the default "
+        "when no --judge_url: a 135M judge, weak)",
+        default=None,
+    )
     judge_url: str | None = _help("judge on an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1", default=None)
     judge_model: str | None = _help("the model name the judge server serves", default=None)
-    judge_api_key_env: str = _help("environment variable holding the judge server's key (never logged)",
-                                   default="FINCH_JUDGE_API_KEY")
+    judge_api_key_env: str = _help(
+        "environment variable holding the judge server's key (never logged)", default="FINCH_JUDGE_API_KEY"
+    )
     judge_max_new_tokens: int = _help("longest judge answer, in tokens", default=64)
     rubric: str | None = _help("rubric file the judge applies (default: training/eval/rubric.md)", default=None)
     output_dir: str | None = _help("report folder (default: `evaluation` beside a local adapter folder)", default=None)
@@ -77,7 +84,9 @@ def check(args: EvalArgs) -> None:
     """Refuse impossible settings at start, every problem at once."""
     problems = []
     if not args.adapter:
-        problems.append("--adapter is required: the fine-tune to evaluate (adapter folder, Hub id, merged model or .gguf)")
+        problems.append(
+            "--adapter is required: the fine-tune to evaluate (adapter folder, Hub id, merged model or .gguf)"
+        )
     if args.prompts_file and args.dataset:
         problems.append("give --prompts_file or --dataset, not both")
     if args.judge_url and args.judge_gguf:
@@ -96,8 +105,12 @@ def check(args: EvalArgs) -> None:
 
 def sampling(args: EvalArgs) -> GenerationParams:
     """One set of sampling settings for both models, checked by the runtime's own rules."""
-    return validate(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                    repetition_penalty=args.repetition_penalty)
+    return validate(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty,
+    )
 
 
 def output_dir(args: EvalArgs) -> Path:
@@ -109,6 +122,7 @@ def output_dir(args: EvalArgs) -> Path:
 
 # --- what is compared ---------------------------------------------------------------------------
 
+
 def side_specs(args: EvalArgs) -> dict[str, ModelSpec]:
     """The runtime spec of each side: a GGUF on llama.cpp, else transformers (+ peft)."""
     trust = args.trust_remote_code
@@ -116,13 +130,17 @@ def side_specs(args: EvalArgs) -> dict[str, ModelSpec]:
     if _is_gguf(tuned):
         finetuned = ModelSpec(gguf=tuned)
     elif _is_adapter(tuned):
-        finetuned = ModelSpec(base=base if base and not _is_gguf(base) else None, adapter=tuned, trust_remote_code=trust)
+        finetuned = ModelSpec(
+            base=base if base and not _is_gguf(base) else None, adapter=tuned, trust_remote_code=trust
+        )
         base = base or base_of_adapter(tuned)
     else:
         finetuned = ModelSpec(base=tuned, trust_remote_code=trust)
     if not base:
-        raise EvaluationError(f"{tuned} is not a LoRA adapter, so it does not name its base: give --base "
-                              "(the model it was fine-tuned from)")
+        raise EvaluationError(
+            f"{tuned} is not a LoRA adapter, so it does not name its base: give --base "
+            "(the model it was fine-tuned from)"
+        )
     base_spec = ModelSpec(gguf=base) if _is_gguf(base) else ModelSpec(base=base, trust_remote_code=trust)
     return {"base": base_spec, "finetuned": finetuned}
 
@@ -144,6 +162,7 @@ def _is_adapter(source: str) -> bool:
 
 
 # --- the prompts --------------------------------------------------------------------------------
+
 
 @dataclass
 class Rows:
@@ -194,17 +213,27 @@ def _held_out(args: EvalArgs):
 
     recipe_file = Path(args.adapter).expanduser() / "finch_recipe.yaml"
     if not recipe_file.is_file():
-        raise EvaluationError(f"{args.adapter} is not a Finch run's adapter folder (no finch_recipe.yaml), so it has "
-                              "no held-out split: give --prompts_file or --dataset")
+        raise EvaluationError(
+            f"{args.adapter} is not a Finch run's adapter folder (no finch_recipe.yaml), so it has "
+            "no held-out split: give --prompts_file or --dataset"
+        )
     r = yaml.safe_load(recipe_file.read_text())
     if not r.get("eval_fraction"):
         raise EvaluationError("the run held out no rows (eval_fraction 0): give --prompts_file or --dataset")
-    prepared = data.prepare(r["dataset"], r["dataset_format"], r["dataset_weight"], r["eval_fraction"], r["seed"],
-                            r.get("max_rows"), r.get("dataset_split", "train"))
+    prepared = data.prepare(
+        r["dataset"],
+        r["dataset_format"],
+        r["dataset_weight"],
+        r["eval_fraction"],
+        r["seed"],
+        r.get("max_rows"),
+        r.get("dataset_split", "train"),
+    )
     return prepared.eval
 
 
 # --- stored results (append as they come, read back to resume) ----------------------------------
+
 
 def read_jsonl(path: Path) -> list[dict]:
     """Complete lines of a JSONL file; a line cut short by a kill is ignored (it is redone)."""
@@ -245,12 +274,15 @@ def prepare_folder(out: Path, settings: dict, overwrite: bool) -> None:
         old = json.loads(saved.read_text())
         drift = sorted(k for k in set(old) | set(settings) if k not in FREE_SETTINGS and old.get(k) != settings.get(k))
         if drift:
-            raise EvaluationError(f"{out} holds an evaluation made with other settings ({', '.join(drift)}): run the "
-                                  "same command to resume it, or use --overwrite true or another --output_dir.")
+            raise EvaluationError(
+                f"{out} holds an evaluation made with other settings ({', '.join(drift)}): run the "
+                "same command to resume it, or use --overwrite true or another --output_dir."
+            )
     write_atomic(saved, json.dumps(settings, indent=1))
 
 
 # --- replies and loss ---------------------------------------------------------------------------
+
 
 def answer(service: ChatService, prompt: list[dict], default_system: str | None, params: GenerationParams) -> str:
     """One reply through the runtime (templating, trimming, the engine), as the apps get it."""
@@ -272,8 +304,9 @@ def mean_loss(engine, conversations: list[list[dict]], max_seq_length: int) -> f
 
     from . import masking
 
-    rows, _ = masking.tokenize(Dataset.from_list([{"messages": c} for c in conversations]), engine.tokenizer,
-                               max_seq_length)
+    rows, _ = masking.tokenize(
+        Dataset.from_list([{"messages": c} for c in conversations]), engine.tokenizer, max_seq_length
+    )
     total, tokens = 0.0, 0
     with torch.inference_mode():
         for row in rows:
@@ -298,8 +331,15 @@ def run_side(side: str, spec: ModelSpec, rows: Rows, args: EvalArgs, out: Path) 
     engine = load_engine(spec)
     service, params = ChatService(engine), sampling(args)
     for i in tqdm(todo, desc=f"Replies ({side})", unit="prompt"):
-        append_jsonl(out / REPLIES_FILE, {"side": side, "index": i, "model": engine.label,
-                                          "reply": answer(service, rows.prompt(i), args.system_prompt, params)})
+        append_jsonl(
+            out / REPLIES_FILE,
+            {
+                "side": side,
+                "index": i,
+                "model": engine.label,
+                "reply": answer(service, rows.prompt(i), args.system_prompt, params),
+            },
+        )
     if rows.with_reference and side not in losses:
         loss = None
         if engine.name == "transformers":
@@ -311,6 +351,7 @@ def run_side(side: str, spec: ModelSpec, rows: Rows, args: EvalArgs, out: Path) 
 
 
 # --- judging ------------------------------------------------------------------------------------
+
 
 def judge_tasks(n: int) -> list[tuple[str, int]]:
     """Every judgement, keyed: a score per side, and the pair in both orders (fine-tune first, base first)."""
@@ -336,12 +377,15 @@ def run_judge(judge: judging.Judge, rows: Rows, replies: dict, out: Path) -> Non
                 verdict, raw = judge.compare(prompt, a, b)
         except judging.JudgeUnavailable as err:
             made = len(read_jsonl(out / JUDGED_FILE))
-            raise EvaluationError(f"{err}\n{made} of {len(judge_tasks(len(rows.conversations)))} judgements are kept in "
-                                  f"{out / JUDGED_FILE}; start the judge again and rerun the same command to resume.") from None
+            raise EvaluationError(
+                f"{err}\n{made} of {len(judge_tasks(len(rows.conversations)))} judgements are kept in "
+                f"{out / JUDGED_FILE}; start the judge again and rerun the same command to resume."
+            ) from None
         append_jsonl(out / JUDGED_FILE, {"kind": kind, "index": i, "verdict": verdict, "raw": raw})
 
 
 # --- the report ---------------------------------------------------------------------------------
+
 
 def mean_ci(scores: list[int]) -> tuple[float | None, list[float] | None]:
     """Mean and its 95% confidence interval (normal approximation; none below two scores)."""
@@ -365,18 +409,29 @@ def outcome(first: str | None, second: str | None) -> str:
     return mine if mine == swapped else "tie"
 
 
-def summarize(rows: Rows, replies: dict, judged: dict, losses: dict, labels: dict, judge_info: dict,
-              args: EvalArgs) -> dict:
+def summarize(
+    rows: Rows, replies: dict, judged: dict, losses: dict, labels: dict, judge_info: dict, args: EvalArgs
+) -> dict:
     """report.json: per side scores and perplexity, pairwise counts, per-prompt rows."""
     n = len(rows.conversations)
-    report: dict = {"prompts": n, "source": rows.source, "judge": judge_info, "settings": asdict(sampling(args)),
-                    "rubric": str(Path(args.rubric).expanduser() if args.rubric else judging.DEFAULT_RUBRIC)}
+    report: dict = {
+        "prompts": n,
+        "source": rows.source,
+        "judge": judge_info,
+        "settings": asdict(sampling(args)),
+        "rubric": str(Path(args.rubric).expanduser() if args.rubric else judging.DEFAULT_RUBRIC),
+    }
     for side in SIDES:
         scores = [judged[(f"score:{side}", i)] for i in range(n)]
         parsed = [s for s in scores if s is not None]
         mean, ci = mean_ci(parsed)
-        entry = {"model": labels.get(side), "mean_score": mean, "ci95": ci, "scored": len(parsed),
-                 "unparsed": len(scores) - len(parsed)}
+        entry = {
+            "model": labels.get(side),
+            "mean_score": mean,
+            "ci95": ci,
+            "scored": len(parsed),
+            "unparsed": len(scores) - len(parsed),
+        }
         loss = (losses.get(side) or {}).get("loss")
         if rows.with_reference:
             entry["eval_loss"] = round(loss, 4) if loss is not None else None
@@ -386,16 +441,26 @@ def summarize(rows: Rows, replies: dict, judged: dict, losses: dict, labels: dic
     pairwise = {k: outcomes.count(k) for k in ("win", "tie", "loss", "unparsed")}
     decided = n - pairwise["unparsed"]
     pairwise["win_rate"] = round((pairwise["win"] + 0.5 * pairwise["tie"]) / decided, 3) if decided else None
-    pairwise["orders"] = {order: {v: sum(judged[(f"pair:{order}", i)] == v for i in range(n))
-                                  for v in ("A", "B", "tie", None)} for order in ("finetuned_first", "base_first")}
+    pairwise["orders"] = {
+        order: {v: sum(judged[(f"pair:{order}", i)] == v for i in range(n)) for v in ("A", "B", "tie", None)}
+        for order in ("finetuned_first", "base_first")
+    }
     for counts in pairwise["orders"].values():
         counts["unparsed"] = counts.pop(None)
     report["pairwise"] = pairwise
-    report["rows"] = [{"index": i, "prompt": rows.prompt(i), "base": replies[("base", i)],
-                       "finetuned": replies[("finetuned", i)], "base_score": judged[("score:base", i)],
-                       "finetuned_score": judged[("score:finetuned", i)], "outcome": outcomes[i],
-                       "verdicts": [judged[("pair:finetuned_first", i)], judged[("pair:base_first", i)]]}
-                      for i in range(n)]
+    report["rows"] = [
+        {
+            "index": i,
+            "prompt": rows.prompt(i),
+            "base": replies[("base", i)],
+            "finetuned": replies[("finetuned", i)],
+            "base_score": judged[("score:base", i)],
+            "finetuned_score": judged[("score:finetuned", i)],
+            "outcome": outcomes[i],
+            "verdicts": [judged[("pair:finetuned_first", i)], judged[("pair:base_first", i)]],
+        }
+        for i in range(n)
+    ]
     return report
 
 
@@ -411,44 +476,70 @@ def _counts(counts: dict) -> str:
 
 def summary_table(report: dict) -> str:
     """The headline tables (scores, perplexity, pairwise) in Markdown: the report's and the model card's."""
-    lines = ["| model | mean score (1-5) | 95% CI | scored | unparsed | eval loss | perplexity |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | mean score (1-5) | 95% CI | scored | unparsed | eval loss | perplexity |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for side, name in (("base", "base"), ("finetuned", "fine-tune")):
         s = report[side]
-        lines.append(f"| {name}: {s['model']} | {_cell(s['mean_score'])} | {_cell(s['ci95'])} | {s['scored']} | "
-                     f"{s['unparsed']} | {_cell(s.get('eval_loss'))} | {_cell(s.get('perplexity'))} |")
+        lines.append(
+            f"| {name}: {s['model']} | {_cell(s['mean_score'])} | {_cell(s['ci95'])} | {s['scored']} | "
+            f"{s['unparsed']} | {_cell(s.get('eval_loss'))} | {_cell(s.get('perplexity'))} |"
+        )
     p = report["pairwise"]
-    lines += ["", "| fine-tune vs base | win | tie | loss | unparsed | win rate (ties count half) |", "|---|---|---|---|---|---|",
-              f"| {report['prompts']} prompts, both orders | {p['win']} | {p['tie']} | {p['loss']} | {p['unparsed']} | "
-              f"{_cell(p['win_rate'])} |"]
+    lines += [
+        "",
+        "| fine-tune vs base | win | tie | loss | unparsed | win rate (ties count half) |",
+        "|---|---|---|---|---|---|",
+        f"| {report['prompts']} prompts, both orders | {p['win']} | {p['tie']} | {p['loss']} | {p['unparsed']} | "
+        f"{_cell(p['win_rate'])} |",
+    ]
     return "\n".join(lines)
 
 
 def judge_note(judge_info: dict) -> str:
     if judge_info.get("weak"):
         millions = judge_info["params"] / 1e6
-        return (f"> **A weak judge.** {judge_info['model']} has {millions:.0f}M parameters: a judge this small "
-                "misreads rubrics and favours positions, so these scores are a smoke test of the pipeline, not a "
-                "verdict on the fine-tune. Judge with a strong model (`--judge_url`, `--judge_model`) before deciding.")
+        return (
+            f"> **A weak judge.** {judge_info['model']} has {millions:.0f}M parameters: a judge this small "
+            "misreads rubrics and favours positions, so these scores are a smoke test of the pipeline, not a "
+            "verdict on the fine-tune. Judge with a strong model (`--judge_url`, `--judge_model`) before deciding."
+        )
     return ""
 
 
 def markdown(report: dict) -> str:
     p = report["pairwise"]
     orders = p["orders"]
-    lines = [f"# Fine-tune vs base", "",
-             f"Judge: **{report['judge']['model']}**. {report['prompts']} prompts from {report['source']}; both models "
-             f"answered with the same settings ({', '.join(f'{k} {v}' for k, v in report['settings'].items())}). "
-             f"Rubric: `{report['rubric']}`.", "", judge_note(report["judge"]), "", summary_table(report), "",
-             "Scores exclude answers the judge gave in no readable form (counted as unparsed). Each pair was asked "
-             "twice, the fine-tune shown first and then second; a prompt is a win or a loss only when both orders "
-             "agree, otherwise a tie, so position bias cancels. Verdicts per order (A = shown first): fine-tune first: "
-             f"{_counts(orders['finetuned_first'])}; base first: {_counts(orders['base_first'])}.", "",
-             "![score distributions and pairwise outcomes](report.png)", "", "## Per prompt", "",
-             "| # | prompt | base score | fine-tune score | pairwise |", "|---|---|---|---|---|"]
+    lines = [
+        "# Fine-tune vs base",
+        "",
+        f"Judge: **{report['judge']['model']}**. {report['prompts']} prompts from {report['source']}; both models "
+        f"answered with the same settings ({', '.join(f'{k} {v}' for k, v in report['settings'].items())}). "
+        f"Rubric: `{report['rubric']}`.",
+        "",
+        judge_note(report["judge"]),
+        "",
+        summary_table(report),
+        "",
+        "Scores exclude answers the judge gave in no readable form (counted as unparsed). Each pair was asked "
+        "twice, the fine-tune shown first and then second; a prompt is a win or a loss only when both orders "
+        "agree, otherwise a tie, so position bias cancels. Verdicts per order (A = shown first): fine-tune first: "
+        f"{_counts(orders['finetuned_first'])}; base first: {_counts(orders['base_first'])}.",
+        "",
+        "![score distributions and pairwise outcomes](report.png)",
+        "",
+        "## Per prompt",
+        "",
+        "| # | prompt | base score | fine-tune score | pairwise |",
+        "|---|---|---|---|---|",
+    ]
     for row in report["rows"]:
         last = row["prompt"][-1]["content"].replace("\n", " ").replace("|", "\\|")
-        lines.append(f"| {row['index']} | {last[:80]} | {_cell(row['base_score'])} | {_cell(row['finetuned_score'])} | "
-                     f"{row['outcome']} |")
+        lines.append(
+            f"| {row['index']} | {last[:80]} | {_cell(row['base_score'])} | {_cell(row['finetuned_score'])} | "
+            f"{row['outcome']} |"
+        )
     lines += ["", "Replies and the judge's verdicts per prompt: `report.json` (`rows`)."]
     return "\n".join(lines) + "\n"
 
@@ -466,10 +557,19 @@ def plot(report: dict) -> bytes:
     xs = [1, 2, 3, 4, 5]
     for offset, side in ((-0.2, "base"), (0.2, "finetuned")):
         counts = [sum(r[f"{side}_score"] == x for r in report["rows"]) for x in xs]
-        left.bar([x + offset for x in xs], counts, width=0.4,
-                 label=f"{side} (mean {_cell(report[side]['mean_score'])}, {report[side]['unparsed']} unparsed)")
-    left.set(xlabel="judge score", ylabel="replies", title="Score distribution", xticks=xs,
-             ylim=(0, max(1, report["prompts"]) + 0.5))
+        left.bar(
+            [x + offset for x in xs],
+            counts,
+            width=0.4,
+            label=f"{side} (mean {_cell(report[side]['mean_score'])}, {report[side]['unparsed']} unparsed)",
+        )
+    left.set(
+        xlabel="judge score",
+        ylabel="replies",
+        title="Score distribution",
+        xticks=xs,
+        ylim=(0, max(1, report["prompts"]) + 0.5),
+    )
     left.legend()
     keys = ("win", "tie", "loss", "unparsed")
     right.bar(keys, [report["pairwise"][k] for k in keys], color=["tab:green", "tab:gray", "tab:red", "tab:olive"])
@@ -489,6 +589,7 @@ def write_report(out: Path, report: dict) -> None:
 
 # --- the whole evaluation -----------------------------------------------------------------------
 
+
 def evaluate(args: EvalArgs) -> tuple[dict, Path]:
     """Run (or resume) every stage and write the report; returns (report.json's content, the folder)."""
     check(args)
@@ -504,14 +605,24 @@ def evaluate(args: EvalArgs) -> tuple[dict, Path]:
     stored = read_jsonl(out / REPLIES_FILE)
     replies = {(r["side"], r["index"]): r["reply"] for r in stored}
     labels = {r["side"]: r["model"] for r in stored}
-    judge = judging.Judge(judging.JudgeSpec(gguf=args.judge_gguf, url=args.judge_url, model=args.judge_model,
-                                            api_key_env=args.judge_api_key_env), rubric, args.judge_max_new_tokens)
+    judge = judging.Judge(
+        judging.JudgeSpec(
+            gguf=args.judge_gguf, url=args.judge_url, model=args.judge_model, api_key_env=args.judge_api_key_env
+        ),
+        rubric,
+        args.judge_max_new_tokens,
+    )
     run_judge(judge, rows, replies, out)
     judged = {(r["kind"], r["index"]): r["verdict"] for r in read_jsonl(out / JUDGED_FILE)}
     unparsed = sum(v is None for v in judged.values())
     if unparsed * 2 > len(judged):
-        log.warning("the judge gave no readable verdict in %d of %d answers (its raw answers are in %s): use a stronger "
-                    "judge or raise --judge_max_new_tokens", unparsed, len(judged), out / JUDGED_FILE)
+        log.warning(
+            "the judge gave no readable verdict in %d of %d answers (its raw answers are in %s): use a stronger "
+            "judge or raise --judge_max_new_tokens",
+            unparsed,
+            len(judged),
+            out / JUDGED_FILE,
+        )
     losses = json.loads((out / LOSS_FILE).read_text()) if (out / LOSS_FILE).is_file() else {}
     judge_info = {"model": judge.label, "params": judge.params_count, "weak": judge.weak}
     report = summarize(rows, replies, judged, losses, labels, judge_info, args)
@@ -520,6 +631,7 @@ def evaluate(args: EvalArgs) -> tuple[dict, Path]:
 
 
 # --- after training (train.py --evaluate true) --------------------------------------------------
+
 
 def eval_args_from(config: str | None, **overrides) -> EvalArgs:
     """EvalArgs from evaluate.py's YAML (unknown keys are errors) with `overrides` on top."""
@@ -533,9 +645,11 @@ def eval_args_from(config: str | None, **overrides) -> EvalArgs:
 
 def card_section(report: dict) -> str:
     """The model card's evaluation section."""
-    return (f"## Evaluation (`python training/evaluate.py`)\n\n{report['prompts']} held-out prompts, judged by "
-            f"{report['judge']['model']} on a 1-5 rubric and pairwise (both orders).\n\n{summary_table(report)}\n\n"
-            f"{judge_note(report['judge'])}\n")
+    return (
+        f"## Evaluation (`python training/evaluate.py`)\n\n{report['prompts']} held-out prompts, judged by "
+        f"{report['judge']['model']} on a 1-5 rubric and pairwise (both orders).\n\n{summary_table(report)}\n\n"
+        f"{judge_note(report['judge'])}\n"
+    )
 
 
 def evaluate_run(adapter_dir: Path, run_dir: Path, config: str | None) -> dict | None:
@@ -543,13 +657,19 @@ def evaluate_run(adapter_dir: Path, run_dir: Path, config: str | None) -> dict |
     to its model card. Whatever goes wrong, the adapter is kept and the card says how to run it again."""
     try:
         # A fresh adapter: results from an earlier run in the same folder are not resumed.
-        report, _ = evaluate(eval_args_from(config, adapter=str(adapter_dir), output_dir=str(run_dir / "evaluation"),
-                                            overwrite=True))
+        report, _ = evaluate(
+            eval_args_from(config, adapter=str(adapter_dir), output_dir=str(run_dir / "evaluation"), overwrite=True)
+        )
         section = card_section(report)
     except Exception as err:  # noqa: BLE001 - never lose a trained adapter to a failed evaluation
         log.warning("evaluation failed (%s: %s); the adapter is kept", type(err).__name__, err)
-        report, section = None, ("## Evaluation\n\nNot evaluated in this run. Run `python training/evaluate.py "
-                                 "--adapter <this folder>`.\n")
+        report, section = (
+            None,
+            (
+                "## Evaluation\n\nNot evaluated in this run. Run `python training/evaluate.py "
+                "--adapter <this folder>`.\n"
+            ),
+        )
     card = adapter_dir / "README.md"
     write_atomic(card, card.read_text().rstrip("\n") + "\n\n" + section)
     return report

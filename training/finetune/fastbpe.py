@@ -42,7 +42,7 @@ PROBES = [
     "ನಮಸ್ಕಾರ, ನೀವು ಹೇಗಿದ್ದೀರಿ? ಕನ್ನಡ ಭಾಷೆ ೧೨೩೪೫",
     "नमस्ते दुनिया। 你好，世界！こんにちは。Привет, мир! مرحبا بالعالم",
     "emoji 😀👍🏽 and accents: café naïve Ærøskøbing ß ﬁ",
-    "<tag attr=\"v\">x</tag> {\"k\": [1, 2.5e-3, null]} a--b__c...d!!!?",
+    '<tag attr="v">x</tag> {"k": [1, 2.5e-3, null]} a--b__c...d!!!?',
     "\u200b zero width, \u00a0 no-break space, ‘quotes’ “double” — dash … ellipsis",
 ]
 
@@ -89,9 +89,14 @@ def _pattern(pre: dict | None) -> str | None:
     if pre.get("type") != "Sequence" or len(pre.get("pretokenizers", [])) != 2:
         return None
     split, byte_level = pre["pretokenizers"]
-    if (split.get("type") != "Split" or split.get("behavior") != "Isolated" or split.get("invert")
-            or byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex", True)
-            or byte_level.get("add_prefix_space")):
+    if (
+        split.get("type") != "Split"
+        or split.get("behavior") != "Isolated"
+        or split.get("invert")
+        or byte_level.get("type") != "ByteLevel"
+        or byte_level.get("use_regex", True)
+        or byte_level.get("add_prefix_space")
+    ):
         return None
     pattern = split.get("pattern", {})
     return pattern.get("Regex") if "Regex" in pattern else re.escape(pattern.get("String", "")) or None
@@ -159,12 +164,15 @@ def _build(tokenizer) -> TiktokenBPE | None:
     added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     ranks = None if reason else _ranks(spec["model"], added)
     if ranks is None:
-        log.info("tokenizing with the Rust tokenizer: tiktoken cannot reproduce this one (%s)",
-                 reason or "its merges are not the vocabulary's own pairs in id order")
+        log.info(
+            "tokenizing with the Rust tokenizer: tiktoken cannot reproduce this one (%s)",
+            reason or "its merges are not the vocabulary's own pairs in id order",
+        )
         return None
     try:
-        encoding = tiktoken.Encoding("finch", pat_str=_pattern(spec["pre_tokenizer"]), mergeable_ranks=ranks,
-                                     special_tokens={})
+        encoding = tiktoken.Encoding(
+            "finch", pat_str=_pattern(spec["pre_tokenizer"]), mergeable_ranks=ranks, special_tokens={}
+        )
         encoder = TiktokenBPE(encoding, added)
         same = _matches(encoder, tokenizer, PROBES + ["".join(added)[:2000]])
     except Exception as err:  # e.g. a regex tiktoken's engine does not accept

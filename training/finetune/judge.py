@@ -26,10 +26,14 @@ DEFAULT_RUBRIC = Path(__file__).resolve().parents[1] / "eval" / "rubric.md"
 WEAK_JUDGE_PARAMS = 7e9
 
 SYSTEM = "You are a strict, impartial judge of an AI assistant's replies.\n\n{rubric}"
-SCORE_TASK = ("{conversation}\n\n[The assistant's reply]\n{reply}\n[End of reply]\n\n"
-              "Rate the reply on the rubric. Answer with one line: `Score: N`, where N is 1, 2, 3, 4 or 5.")
-PAIR_TASK = ("{conversation}\n\n[Reply A]\n{a}\n[End of reply A]\n\n[Reply B]\n{b}\n[End of reply B]\n\n"
-             "Which reply is better on the rubric? Answer with one line: `Verdict: A`, `Verdict: B` or `Verdict: tie`.")
+SCORE_TASK = (
+    "{conversation}\n\n[The assistant's reply]\n{reply}\n[End of reply]\n\n"
+    "Rate the reply on the rubric. Answer with one line: `Score: N`, where N is 1, 2, 3, 4 or 5."
+)
+PAIR_TASK = (
+    "{conversation}\n\n[Reply A]\n{a}\n[End of reply A]\n\n[Reply B]\n{b}\n[End of reply B]\n\n"
+    "Which reply is better on the rubric? Answer with one line: `Verdict: A`, `Verdict: B` or `Verdict: tie`."
+)
 
 SCORE_RE = re.compile(r"score\s*(?:is|=|:)?\s*\**\s*([1-5])(?!\d)", re.IGNORECASE)
 BARE_SCORE_RE = re.compile(r"^\s*\**([1-5])\**(?:\s*/\s*5)?\s*\.?\s*$")
@@ -48,7 +52,7 @@ def parse_score(text: str) -> int | None:
 
 
 def parse_verdict(text: str) -> str | None:
-    """"A", "B" or "tie" from a judge's answer ("Verdict: A", a bare "B"), or None."""
+    """ "A", "B" or "tie" from a judge's answer ("Verdict: A", a bare "B"), or None."""
     found = VERDICT_RE.search(text) or BARE_VERDICT_RE.match(text)
     if not found:
         return None
@@ -86,8 +90,9 @@ class JudgeSpec:
         if self.url:
             if not self.model:
                 raise ValueError("--judge_url needs --judge_model: the model name the server serves (GET /v1/models)")
-            return ModelSpec(server_url=self.url, server_model=self.model,
-                             server_api_key=os.environ.get(self.api_key_env) or None)
+            return ModelSpec(
+                server_url=self.url, server_model=self.model, server_api_key=os.environ.get(self.api_key_env) or None
+            )
         if self.gguf in (None, "embedded"):
             from chat_runtime import embedded
 
@@ -139,5 +144,7 @@ class Judge:
 
     def compare(self, conversation: list[dict], a: str, b: str) -> tuple[str | None, str]:
         """("A" | "B" | "tie" | None, the raw answer) for reply A shown first, B second."""
-        raw = self.ask(PAIR_TASK.format(conversation=show_conversation(conversation), a=a or "(empty)", b=b or "(empty)"))
+        raw = self.ask(
+            PAIR_TASK.format(conversation=show_conversation(conversation), a=a or "(empty)", b=b or "(empty)")
+        )
         return parse_verdict(raw), raw

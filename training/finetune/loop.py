@@ -38,8 +38,15 @@ class NanGuard(TrainerCallback):
 MULTI_PROCESS = {"ddp_find_unused_parameters": False, "log_level_replica": "error"}
 
 
-def trainer_kwargs(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool,
-                   gradient_checkpointing: bool, processes: int = 1) -> dict:
+def trainer_kwargs(
+    train: TrainArgs,
+    run_dir: Path,
+    device: Device,
+    optim: str,
+    has_eval: bool,
+    gradient_checkpointing: bool,
+    processes: int = 1,
+) -> dict:
     """The training arguments every method shares (trl's SFT, DPO and ORPO configs all take them)."""
     evaluating = has_eval and train.eval_steps > 0
     early = bool(train.early_stopping_patience) and evaluating
@@ -82,13 +89,23 @@ def trainer_kwargs(train: TrainArgs, run_dir: Path, device: Device, optim: str, 
     )
 
 
-def sft_config(train: TrainArgs, run_dir: Path, device: Device, optim: str, has_eval: bool, gradient_checkpointing: bool,
-               processes: int = 1):
+def sft_config(
+    train: TrainArgs,
+    run_dir: Path,
+    device: Device,
+    optim: str,
+    has_eval: bool,
+    gradient_checkpointing: bool,
+    processes: int = 1,
+):
     """trl SFTConfig from our recipe. Data comes tokenized with labels, so trl only batches it."""
     from trl import SFTConfig
 
-    return SFTConfig(**trainer_kwargs(train, run_dir, device, optim, has_eval, gradient_checkpointing, processes),
-                     max_length=None, dataset_kwargs={"skip_prepare_dataset": True})  # already truncated
+    return SFTConfig(
+        **trainer_kwargs(train, run_dir, device, optim, has_eval, gradient_checkpointing, processes),
+        max_length=None,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )  # already truncated
 
 
 def callbacks(patience: int, has_eval: bool, log_dir: Path) -> tuple[NanGuard, list]:
@@ -98,7 +115,9 @@ def callbacks(patience: int, has_eval: bool, log_dir: Path) -> tuple[NanGuard, l
     guard = NanGuard()  # runs in every process: the logged loss is averaged over all, so all stop together
     board = TensorBoardCallback()  # opens its writer in the main process only, when it first logs
     board.logging_dir = str(log_dir)  # (also for the eval after training, which it would put in checkpoints/runs)
-    return guard, [guard, board] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience and has_eval else [])
+    return guard, [guard, board] + (
+        [EarlyStoppingCallback(early_stopping_patience=patience)] if patience and has_eval else []
+    )
 
 
 def build_trainer(model, tokenizer, config, train_dataset, eval_dataset, patience: int, log_dir: Path):
@@ -106,8 +125,14 @@ def build_trainer(model, tokenizer, config, train_dataset, eval_dataset, patienc
     from trl import SFTTrainer
 
     guard, hooks = callbacks(patience, eval_dataset is not None, log_dir)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=hooks)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=hooks,
+    )
     return trainer, guard
 
 

@@ -20,6 +20,7 @@ from datasets import Dataset
 
 from chat_runtime import families
 from chat_runtime.templating import segments
+
 from . import fastbpe
 
 IGNORE = -100
@@ -117,28 +118,40 @@ def processes(requested: int | None, rows: int, encode) -> int | None:
     return cores if cores > 1 else None
 
 
-def tokenize(dataset: Dataset, tokenizer, max_length: int | None, num_proc: int | None = None) -> tuple[Dataset, Counter]:
+def tokenize(
+    dataset: Dataset, tokenizer, max_length: int | None, num_proc: int | None = None
+) -> tuple[Dataset, Counter]:
     """`messages` -> `input_ids` + `labels`; rows with nothing to learn are dropped and counted."""
     if not tokenizer.chat_template:
         raise TemplateError("the tokenizer has no chat template: train from an instruct model, or set one")
     prepare_tokenizer(tokenizer)
     special = tokenizer.special_tokens_map
-    sample = [part.text for messages in dataset.select(range(min(len(dataset), 50)))["messages"]
-              for part in _segments(messages, tokenizer.chat_template, special)[0]]
+    sample = [
+        part.text
+        for messages in dataset.select(range(min(len(dataset), 50)))["messages"]
+        for part in _segments(messages, tokenizer.chat_template, special)[0]
+    ]
     encode = encoder(tokenizer, sample)
-    tokenized = dataset.map(_tokenize_batch, fn_kwargs={"template": tokenizer.chat_template, "special": special,
-                                                        "encode": encode, "max_length": max_length},
-                            batched=True, batch_size=1000, remove_columns=dataset.column_names,
-                            num_proc=processes(num_proc, len(dataset), encode), desc="Tokenizing (assistant-only labels)")
+    tokenized = dataset.map(
+        _tokenize_batch,
+        fn_kwargs={"template": tokenizer.chat_template, "special": special, "encode": encode, "max_length": max_length},
+        batched=True,
+        batch_size=1000,
+        remove_columns=dataset.column_names,
+        num_proc=processes(num_proc, len(dataset), encode),
+        desc="Tokenizing (assistant-only labels)",
+    )
     reasons = Counter(r for r in tokenized["bad_reason"] if r)
     # One column of short strings: a single process is quicker than starting workers.
-    clean = tokenized.filter(lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True,
-                             batch_size=10_000)
+    clean = tokenized.filter(
+        lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True, batch_size=10_000
+    )
     return clean.remove_columns("bad_reason"), reasons
 
 
-def check_ids_fit(dataset: Dataset, model_path: str, trust_remote_code: bool = False,
-                  columns: tuple[str, ...] = ("input_ids",)) -> None:
+def check_ids_fit(
+    dataset: Dataset, model_path: str, trust_remote_code: bool = False, columns: tuple[str, ...] = ("input_ids",)
+) -> None:
     """Refuse token ids the model has no embedding row for (its folder holds another model's
     tokenizer), which would otherwise stop the first step with an IndexError."""
     import pyarrow.compute as pc
@@ -149,6 +162,8 @@ def check_ids_fit(dataset: Dataset, model_path: str, trust_remote_code: bool = F
     maxima = [pc.max(pc.list_flatten(dataset.data.column(c))).as_py() for c in columns] if len(dataset) else []
     largest = max((m for m in maxima if m is not None), default=None)
     if rows and largest is not None and largest >= rows:
-        raise ValueError(f"the tokenizer gives token id {largest}, but the model's embedding has {rows} rows: the "
-                         f"tokenizer in {model_path} is not the model's own. Use a model folder whose tokenizer "
-                         "files came with its weights.")
+        raise ValueError(
+            f"the tokenizer gives token id {largest}, but the model's embedding has {rows} rows: the "
+            f"tokenizer in {model_path} is not the model's own. Use a model folder whose tokenizer "
+            "files came with its weights."
+        )

@@ -24,24 +24,46 @@ from .loop import build_trainer, callbacks
 log = logging.getLogger(__name__)
 
 # trl's preference metrics (logged as `name` in training, `eval_name` in evaluation), as the card names them.
-PREFERENCE_METRICS = {"rewards/accuracies": "reward accuracy", "rewards/margins": "reward margin",
-                      "logps/chosen": "chosen log-prob", "logps/rejected": "rejected log-prob"}
+PREFERENCE_METRICS = {
+    "rewards/accuracies": "reward accuracy",
+    "rewards/margins": "reward margin",
+    "logps/chosen": "chosen log-prob",
+    "logps/rejected": "rejected log-prob",
+}
 REFERENCE_ADAPTER = "ref"  # the name trl gives its frozen copy of a starting adapter
 
 
 def prepare_sft(data_args: DataArgs, seed: int) -> data.Prepared:
-    return data.prepare(data_args.dataset, data_args.dataset_format, data_args.dataset_weight, data_args.eval_fraction, seed,
-                        data_args.max_rows, data_args.dataset_split, data_args.num_proc)
+    return data.prepare(
+        data_args.dataset,
+        data_args.dataset_format,
+        data_args.dataset_weight,
+        data_args.eval_fraction,
+        seed,
+        data_args.max_rows,
+        data_args.dataset_split,
+        data_args.num_proc,
+    )
 
 
 def prepare_pairs(data_args: DataArgs, seed: int) -> data.Prepared:
-    return data.prepare(data_args.dataset, data_args.dataset_format, data_args.dataset_weight, data_args.eval_fraction, seed,
-                        data_args.max_rows, data_args.dataset_split, data_args.num_proc, converter=preference.convert,
-                        expected=preference.expected)
+    return data.prepare(
+        data_args.dataset,
+        data_args.dataset_format,
+        data_args.dataset_weight,
+        data_args.eval_fraction,
+        seed,
+        data_args.max_rows,
+        data_args.dataset_split,
+        data_args.num_proc,
+        converter=preference.convert,
+        expected=preference.expected,
+    )
 
 
-def sft_trainer(model, tokenizer, common: dict, pargs: MethodArgs, max_length: int, train_ds, eval_ds, patience: int,
-                log_dir: Path):
+def sft_trainer(
+    model, tokenizer, common: dict, pargs: MethodArgs, max_length: int, train_ds, eval_ds, patience: int, log_dir: Path
+):
     from trl import SFTConfig
 
     config = SFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})  # already truncated
@@ -87,29 +109,43 @@ def drop_reference_copy(model) -> None:
         model.delete_adapter(REFERENCE_ADAPTER)
 
 
-def dpo_trainer(model, tokenizer, common: dict, pargs: MethodArgs, max_length: int, train_ds, eval_ds, patience: int,
-                log_dir: Path):
+def dpo_trainer(
+    model, tokenizer, common: dict, pargs: MethodArgs, max_length: int, train_ds, eval_ds, patience: int, log_dir: Path
+):
     from trl import DPOConfig
 
     # The loss already has its reference inside; trl logs the rest. (Tokens are counted by trl as num_tokens.)
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, pargs.sft_weight]} if pargs.sft_weight else {}
     config = DPOConfig(**common, beta=pargs.beta, max_length=max_length, precompute_ref_log_probs=False, **losses)
     guard, hooks = callbacks(patience, eval_ds is not None, log_dir)
-    trainer = _dpo_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                           processing_class=tokenizer, callbacks=hooks)
+    trainer = _dpo_class()(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=hooks,
+    )
     if not pargs.adapter:
         drop_reference_copy(trainer.model)
     return trainer, guard
 
 
-def orpo_trainer(model, tokenizer, common: dict, pargs: MethodArgs, max_length: int, train_ds, eval_ds, patience: int,
-                 log_dir: Path):
+def orpo_trainer(
+    model, tokenizer, common: dict, pargs: MethodArgs, max_length: int, train_ds, eval_ds, patience: int, log_dir: Path
+):
     from trl.experimental.orpo import ORPOConfig
 
     config = ORPOConfig(**common, beta=pargs.beta, max_length=max_length)
     guard, hooks = callbacks(patience, eval_ds is not None, log_dir)
-    trainer = _orpo_class()(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                            processing_class=tokenizer, callbacks=hooks)
+    trainer = _orpo_class()(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=hooks,
+    )
     return trainer, guard
 
 
@@ -159,8 +195,20 @@ class Method:
 
 METHODS = {
     "sft": Method(prepare_sft, masking.tokenize, ("input_ids",), sft_trainer, eval_loss, False),
-    "dpo": Method(prepare_pairs, preference_tokens.tokenize, ("prompt_ids", "chosen_ids", "rejected_ids"),
-                  dpo_trainer, base_eval, True),
-    "orpo": Method(prepare_pairs, preference_tokens.tokenize, ("prompt_ids", "chosen_ids", "rejected_ids"),
-                   orpo_trainer, base_eval, True),
+    "dpo": Method(
+        prepare_pairs,
+        preference_tokens.tokenize,
+        ("prompt_ids", "chosen_ids", "rejected_ids"),
+        dpo_trainer,
+        base_eval,
+        True,
+    ),
+    "orpo": Method(
+        prepare_pairs,
+        preference_tokens.tokenize,
+        ("prompt_ids", "chosen_ids", "rejected_ids"),
+        orpo_trainer,
+        base_eval,
+        True,
+    ),
 }

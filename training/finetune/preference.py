@@ -122,7 +122,9 @@ def _from_ultrafeedback(row: dict) -> Pair:
         raise BadRow("tie")
     prompt, chosen = _split_conversation(row.get("chosen"), "chosen")
     other, rejected = _split_conversation(row.get("rejected"), "rejected")
-    if other != prompt or (isinstance(row.get("prompt"), str) and row["prompt"].strip() != prompt[-1]["content"].strip()):
+    if other != prompt or (
+        isinstance(row.get("prompt"), str) and row["prompt"].strip() != prompt[-1]["content"].strip()
+    ):
         raise BadRow("prompt differs between the two sides")
     return Pair(prompt, chosen, rejected)
 
@@ -146,8 +148,10 @@ def _from_compare(row: dict) -> Pair:
         raise BadRow(f"unknown choice {choice!r}")
     win, lose = VOTE_SIDES[choice]
     prompt = _prompt(row.get("prompt"))
-    sides = {name: (row.get(side) or {}).get("reply") if isinstance(row.get(side), dict) else None
-             for name, side in (("chosen", win), ("rejected", lose))}
+    sides = {
+        name: (row.get(side) or {}).get("reply") if isinstance(row.get(side), dict) else None
+        for name, side in (("chosen", win), ("rejected", lose))
+    }
     return Pair(prompt, _text(sides["chosen"], "chosen"), _text(sides["rejected"], "rejected"))
 
 
@@ -217,8 +221,9 @@ def _resolve(dataset: Dataset, fmt: str) -> str:
         return fmt
     found = detect(dataset.column_names)
     if found is None:
-        raise ValueError(f"no preference format: columns found: {sorted(dataset.column_names)}; expected one of: "
-                         f"{expected()}")
+        raise ValueError(
+            f"no preference format: columns found: {sorted(dataset.column_names)}; expected one of: {expected()}"
+        )
     return found
 
 
@@ -226,14 +231,18 @@ def convert(dataset: Dataset, fmt: str, num_proc: int | None = None) -> tuple[Da
     """Rows -> `prompt` (messages) + `chosen` + `rejected` (texts), bad rows dropped and counted.
     (Preference sets are small next to instruction sets: one pass in Python; num_proc is unused.)"""
     pairs, dropped = to_pairs(dataset.to_list(), _resolve(dataset, fmt))
-    rows = {"prompt": [p.prompt for p in pairs], "chosen": [p.chosen for p in pairs],
-            "rejected": [p.rejected for p in pairs]}
+    rows = {
+        "prompt": [p.prompt for p in pairs],
+        "chosen": [p.chosen for p in pairs],
+        "rejected": [p.rejected for p in pairs],
+    }
     return Dataset.from_dict(rows), dropped
 
 
 def chosen_transcripts(dataset: Dataset, fmt: str, num_proc: int | None = None) -> tuple[Dataset, Counter]:
     """A preference set as SFT conversations: each prompt followed by its chosen reply."""
     pairs, dropped = convert(dataset, fmt, num_proc)
-    messages = [prompt + [{"role": "assistant", "content": chosen}]
-                for prompt, chosen in zip(pairs["prompt"], pairs["chosen"])]
+    messages = [
+        prompt + [{"role": "assistant", "content": chosen}] for prompt, chosen in zip(pairs["prompt"], pairs["chosen"])
+    ]
     return Dataset.from_dict({"messages": messages}), dropped

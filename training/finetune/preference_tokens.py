@@ -31,14 +31,17 @@ def _side(prompt: list[dict], reply: str, template: str, special: dict):
 def _tokenize_batch(batch: dict, template: str, special: dict, encode, max_length: int | None) -> dict:
     out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "bad_reason": []}
     for prompt, chosen, rejected in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
-        (c, reason_c), (r, reason_r) = _side(prompt, chosen, template, special), _side(prompt, rejected, template, special)
+        (c, reason_c), (r, reason_r) = (
+            _side(prompt, chosen, template, special),
+            _side(prompt, rejected, template, special),
+        )
         reason = reason_c or reason_r
         ids = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
         if not reason:
             texts = [p.text for p in c[0]] + [c[1].text] + [p.text for p in r[0]] + [r[1].text]
             pieces = encode(texts)
             n = len(c[0])
-            prompt_c, prompt_r = sum(pieces[:n], []), sum(pieces[n + 1:-1], [])
+            prompt_c, prompt_r = sum(pieces[:n], []), sum(pieces[n + 1 : -1], [])
             if prompt_c != prompt_r:
                 reason = "prompt differs between the two sides"
             ids = {"prompt_ids": prompt_c, "chosen_ids": pieces[n], "rejected_ids": pieces[-1]}
@@ -46,27 +49,42 @@ def _tokenize_batch(batch: dict, template: str, special: dict, encode, max_lengt
             room = max_length - len(ids["prompt_ids"])
             if room <= 0:
                 reason = "prompt fills max_seq_length"
-            ids["chosen_ids"], ids["rejected_ids"] = ids["chosen_ids"][:max(room, 0)], ids["rejected_ids"][:max(room, 0)]
+            ids["chosen_ids"], ids["rejected_ids"] = (
+                ids["chosen_ids"][: max(room, 0)],
+                ids["rejected_ids"][: max(room, 0)],
+            )
         for key, value in ids.items():
             out[key].append(value)
         out["bad_reason"].append(reason)
     return out
 
 
-def tokenize(dataset: Dataset, tokenizer, max_length: int | None, num_proc: int | None = None) -> tuple[Dataset, Counter]:
+def tokenize(
+    dataset: Dataset, tokenizer, max_length: int | None, num_proc: int | None = None
+) -> tuple[Dataset, Counter]:
     """`prompt` / `chosen` / `rejected` -> `prompt_ids` / `chosen_ids` / `rejected_ids` (trl's
     pre-tokenized preference columns); pairs with nothing to learn are dropped and counted."""
     if not tokenizer.chat_template:
         raise TemplateError("the tokenizer has no chat template: train from an instruct model, or set one")
     special = tokenizer.special_tokens_map
     head = dataset.select(range(min(len(dataset), 50)))
-    sample = [part.text for prompt, chosen in zip(head["prompt"], head["chosen"])
-              for part in _segments(prompt + [{"role": "assistant", "content": chosen}], tokenizer.chat_template, special)[0]]
+    sample = [
+        part.text
+        for prompt, chosen in zip(head["prompt"], head["chosen"])
+        for part in _segments(prompt + [{"role": "assistant", "content": chosen}], tokenizer.chat_template, special)[0]
+    ]
     encode = encoder(tokenizer, sample)
-    tokenized = dataset.map(_tokenize_batch, fn_kwargs={"template": tokenizer.chat_template, "special": special,
-                                                        "encode": encode, "max_length": max_length},
-                            batched=True, batch_size=1000, remove_columns=dataset.column_names, num_proc=num_proc,
-                            desc="Tokenizing pairs (reply-only completions)")
+    tokenized = dataset.map(
+        _tokenize_batch,
+        fn_kwargs={"template": tokenizer.chat_template, "special": special, "encode": encode, "max_length": max_length},
+        batched=True,
+        batch_size=1000,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc="Tokenizing pairs (reply-only completions)",
+    )
     reasons = Counter(r for r in tokenized["bad_reason"] if r)
-    clean = tokenized.filter(lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True, batch_size=10_000)
+    clean = tokenized.filter(
+        lambda rs: [not r for r in rs], input_columns="bad_reason", batched=True, batch_size=10_000
+    )
     return clean.remove_columns("bad_reason"), reasons

@@ -65,7 +65,9 @@ def eval_metrics(loss: float | None, pairs: bool = False) -> dict:
     """Eval loss, and for SFT its perplexity (a preference loss has none)."""
     if loss is None:
         return {}
-    return {"loss": round(loss, 4)} if pairs else {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+    return (
+        {"loss": round(loss, 4)} if pairs else {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+    )
 
 
 def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
@@ -75,15 +77,23 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) 
     rows = []
     model.eval()
     for prompt in prompts:
-        text = render(tokenizer.chat_template, [{"role": "user", "content": prompt}], add_generation_prompt=True,
-                      special_tokens=tokenizer.special_tokens_map)
+        text = render(
+            tokenizer.chat_template,
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            special_tokens=tokenizer.special_tokens_map,
+        )
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
         replies = {}
         for name, adapter_off in (("base", model.disable_adapter()), ("fine_tuned", contextlib.nullcontext())):
             with torch.inference_mode(), adapter_off:
-                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            replies[name] = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                )
+            replies[name] = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         rows.append({"prompt": prompt, **replies})
     return rows
 
@@ -153,8 +163,7 @@ def check_fidelity(folder: Path, quants: list[str], work_dir: Path) -> tuple[str
         report = verify_adapter(folder, quants=quants, work_dir=work_dir)
     except Exception as err:  # noqa: BLE001 - never lose a trained adapter to a failed check
         log.warning("fidelity check failed (%s: %s); the adapter is kept", type(err).__name__, err)
-        return ("## Fidelity\n\nNot checked in this run. Run `python gguf/verify.py --adapter <this folder>`.\n",
-                None)
+        return ("## Fidelity\n\nNot checked in this run. Run `python gguf/verify.py --adapter <this folder>`.\n", None)
     log.info("fidelity:\n%s", report.table())
     return report.markdown(), report.to_json()
 
@@ -169,31 +178,77 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fide
     if Path(base).exists():  # a local folder: name the Hub model it holds when we know it
         base = embedded.HUB_ID if Path(base) == embedded.cache_dir() / "models" / f"{embedded.MODEL_NAME}-hf" else base
     datasets = [d for d in recipe["dataset"] if not Path(d).suffix]
-    data = "\n".join(f"- `{d}` ({s['usable']} usable of {s['rows']} rows, weight {s['weight']})"
-                     for d, s in zip(recipe["dataset"], metrics.get("sources", [])))
-    keys = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "max_seq_length", "load_in_4bit",
-            "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
-            "warmup_steps", "optim", "weight_decay", "num_train_epochs", "max_steps", "seed", "backend",
-            "processes", "global_batch_size")
+    data = "\n".join(
+        f"- `{d}` ({s['usable']} usable of {s['rows']} rows, weight {s['weight']})"
+        for d, s in zip(recipe["dataset"], metrics.get("sources", []))
+    )
+    keys = (
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "max_seq_length",
+        "load_in_4bit",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "optim",
+        "weight_decay",
+        "num_train_epochs",
+        "max_steps",
+        "seed",
+        "backend",
+        "processes",
+        "global_batch_size",
+    )
     shown = {k: recipe[k] for k in keys if k in recipe}
-    results = {"base eval loss": metrics.get("base_eval", {}).get("loss"), "fine-tuned eval loss": metrics.get("eval", {}).get("loss"),
-               "fine-tuned eval perplexity": metrics.get("eval", {}).get("perplexity"),
-               "final train loss": metrics.get("final_train_loss"), "steps": metrics.get("global_step"),
-               "train tokens/s": metrics.get("tokens_per_second"), "device": metrics.get("device"),
-               **preference_rows(metrics.get("preference", {}))}
+    results = {
+        "base eval loss": metrics.get("base_eval", {}).get("loss"),
+        "fine-tuned eval loss": metrics.get("eval", {}).get("loss"),
+        "fine-tuned eval perplexity": metrics.get("eval", {}).get("perplexity"),
+        "final train loss": metrics.get("final_train_loss"),
+        "steps": metrics.get("global_step"),
+        "train tokens/s": metrics.get("tokens_per_second"),
+        "device": metrics.get("device"),
+        **preference_rows(metrics.get("preference", {})),
+    }
     sample_md = "\n".join(f"**{s['prompt']}**\n- base: {s['base']}\n- fine-tuned: {s['fine_tuned']}\n" for s in samples)
     local = Path(base).exists()
-    card_data = ModelCardData(base_model=None if local else base, library_name="peft",
-                              datasets=datasets or None, tags=["finch", "lora", recipe.get("method", "sft")], license=None)
-    body = CARD.format(name=repo.split("/")[-1], base=base, base_link=Path(base).as_uri() if local else f"https://huggingface.co/{base}", repo=repo,
-                       data=data or "-", hparams=_table(shown), metrics=_table(results), samples=sample_md or "-",
-                       fidelity=fidelity)
+    card_data = ModelCardData(
+        base_model=None if local else base,
+        library_name="peft",
+        datasets=datasets or None,
+        tags=["finch", "lora", recipe.get("method", "sft")],
+        license=None,
+    )
+    body = CARD.format(
+        name=repo.split("/")[-1],
+        base=base,
+        base_link=Path(base).as_uri() if local else f"https://huggingface.co/{base}",
+        repo=repo,
+        data=data or "-",
+        hparams=_table(shown),
+        metrics=_table(results),
+        samples=sample_md or "-",
+        fidelity=fidelity,
+    )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
-def save_artifact(run_dir: Path, model, tokenizer, recipe: dict, metrics: dict, samples: list[dict],
-                  log_history: list[dict], repo_hint: str, verify_quants: list[str] | None = None,
-                  state_dict: dict | None = None) -> Path:
+def save_artifact(
+    run_dir: Path,
+    model,
+    tokenizer,
+    recipe: dict,
+    metrics: dict,
+    samples: list[dict],
+    log_history: list[dict],
+    repo_hint: str,
+    verify_quants: list[str] | None = None,
+    state_dict: dict | None = None,
+) -> Path:
     """Write `run_dir/adapter` whole or not at all (a temp folder renamed into place).
 
     With `verify_quants`, the fidelity check runs on the saved adapter before the folder is final,
@@ -236,6 +291,8 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload Finch LoRA adapter")
     except Exception as err:
-        raise UserError(f"Push to {repo_id} failed ({describe_error(err, token)}). The run is complete at {folder}; "
-                         f"run the same command again to push it (nothing is retrained)") from None
+        raise UserError(
+            f"Push to {repo_id} failed ({describe_error(err, token)}). The run is complete at {folder}; "
+            f"run the same command again to push it (nothing is retrained)"
+        ) from None
     return f"https://huggingface.co/{repo_id}"

@@ -23,8 +23,10 @@ def ensure_writable(run_dir: Path) -> None:
         probe.write_bytes(b"x" * 4096)
         probe.unlink()
     except OSError as err:
-        raise UserError(f"Cannot write to the output folder {run_dir} ({err.strerror or err}). "
-                         "Choose another --output_dir or fix its permissions.") from None
+        raise UserError(
+            f"Cannot write to the output folder {run_dir} ({err.strerror or err}). "
+            "Choose another --output_dir or fix its permissions."
+        ) from None
 
 
 def ensure_space(run_dir: Path, trainable_params: int, checkpoints_kept: int) -> None:
@@ -32,9 +34,11 @@ def ensure_space(run_dir: Path, trainable_params: int, checkpoints_kept: int) ->
     need = trainable_params * 4 * (1 + 3 * (checkpoints_kept + 1)) + 64 * 2**20
     free = shutil.disk_usage(run_dir).free
     if free < need:
-        raise UserError(f"Not enough disk for this run in {run_dir}: about {need / 2**20:.0f} MiB needed "
-                         f"(adapter + {checkpoints_kept} checkpoints), {free / 2**20:.0f} MiB free. "
-                         "Free some space, lower save_total_limit, or choose another --output_dir.")
+        raise UserError(
+            f"Not enough disk for this run in {run_dir}: about {need / 2**20:.0f} MiB needed "
+            f"(adapter + {checkpoints_kept} checkpoints), {free / 2**20:.0f} MiB free. "
+            "Free some space, lower save_total_limit, or choose another --output_dir."
+        )
 
 
 def saved_recipe(run_dir: Path) -> dict | None:
@@ -46,8 +50,19 @@ def save_recipe(run_dir: Path, recipe: dict) -> None:
     (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
 
 
-def recipe_drift(old: dict, new: dict, ignore: tuple[str, ...] = ("push_to_hub", "private", "overwrite", "verify", "verify_quants",
-                                                               "evaluate", "evaluate_config")) -> list[str]:
+def recipe_drift(
+    old: dict,
+    new: dict,
+    ignore: tuple[str, ...] = (
+        "push_to_hub",
+        "private",
+        "overwrite",
+        "verify",
+        "verify_quants",
+        "evaluate",
+        "evaluate_config",
+    ),
+) -> list[str]:
     """Settings that differ between the run in the folder and this command."""
     return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
@@ -97,7 +112,8 @@ def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: floa
         f"  eval loss       base {base.get('loss', '-')} -> fine-tuned {final.get('loss', '-')} (perplexity {final.get('perplexity', '-')})",
         f"  reward accuracy base {pref['base_eval'].get('rewards/accuracies', '-')} -> fine-tuned "
         f"{pref['eval'].get('rewards/accuracies', '-')} (eval; margin {pref['eval'].get('rewards/margins', '-')})"
-        if (pref := metrics.get("preference")) else "",
+        if (pref := metrics.get("preference"))
+        else "",
         f"  dropped rows    {metrics['dropped'] or 'none'}",
         f"  fidelity        {fidelity_line(metrics['fidelity'])}" if metrics.get("fidelity") else "",
         f"  adapter         {adapter_dir}  (chat: FINCH_ADAPTER={adapter_dir} python chatbot_app/app.py)",

@@ -40,27 +40,50 @@ class Source:
 
 SOURCES = {
     "smollm2": Source(None, None),
-    "llama3": Source("llama-bpe", "meta-llama-Llama-3.2-3B-Instruct",
-                     {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, ignore_merges=True),
-    "qwen2.5": Source("qwen2", "Qwen-Qwen2.5-7B-Instruct", {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-                      added=("<|im_start|>",)),
-    "qwen3": Source("qwen2", "Qwen-Qwen3-0.6B", {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-                    added=("<|im_start|>",)),
-    "gemma2": Source("llama-spm", "google-gemma-2-2b-it",
-                     {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
-                     added=("<pad>", "<start_of_turn>", "<end_of_turn>"), dummy_prefix=False),
+    "llama3": Source(
+        "llama-bpe",
+        "meta-llama-Llama-3.2-3B-Instruct",
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+        ignore_merges=True,
+    ),
+    "qwen2.5": Source(
+        "qwen2",
+        "Qwen-Qwen2.5-7B-Instruct",
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        added=("<|im_start|>",),
+    ),
+    "qwen3": Source(
+        "qwen2", "Qwen-Qwen3-0.6B", {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, added=("<|im_start|>",)
+    ),
+    "gemma2": Source(
+        "llama-spm",
+        "google-gemma-2-2b-it",
+        {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
+        added=("<pad>", "<start_of_turn>", "<end_of_turn>"),
+        dummy_prefix=False,
+    ),
     "phi3.5": Source("phi-3", "microsoft-Phi-3.5-mini-instruct", {"eos_token": "<|endoftext|>"}),
-    "mistral": Source("llama-spm", "mistralai-Mistral-Nemo-Instruct-2407", {"bos_token": "<s>", "eos_token": "</s>"},
-                      added=("[INST]", "[/INST]")),
-    "smollm3": Source("llama-bpe", "HuggingFaceTB-SmolLM3-3B",
-                      {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|finetune_right_pad_id|>"},
-                      added=("<|im_start|>", "<|im_end|>", "<|finetune_right_pad_id|>"), ignore_merges=True),
+    "mistral": Source(
+        "llama-spm",
+        "mistralai-Mistral-Nemo-Instruct-2407",
+        {"bos_token": "<s>", "eos_token": "</s>"},
+        added=("[INST]", "[/INST]"),
+    ),
+    "smollm3": Source(
+        "llama-bpe",
+        "HuggingFaceTB-SmolLM3-3B",
+        {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|finetune_right_pad_id|>"},
+        added=("<|im_start|>", "<|im_end|>", "<|finetune_right_pad_id|>"),
+        ignore_merges=True,
+    ),
 }
 FAMILY_NAMES = tuple(SOURCES)
 SENTENCEPIECE = ("llama-spm", "phi-3")
 # Vocabularies whose control tokens strip the whitespace after them (Phi-3's tokenizer.json, and
 # llama.cpp's rule for Phi-3), but these.
-RSTRIP_CONTROLS = {"phi-3": ("<unk>", "<s>", "<|endoftext|>")}  # vocabularies llama.cpp's converter reads as tokenizer.model
+RSTRIP_CONTROLS = {
+    "phi-3": ("<unk>", "<s>", "<|endoftext|>")
+}  # vocabularies llama.cpp's converter reads as tokenizer.model
 
 
 class StandinError(RuntimeError):
@@ -111,9 +134,13 @@ def _vocab_tokenizer(vocab: str, ignore_merges: bool) -> Path:
         if (spec.get("pre_tokenizer") or {}).get("type") == "Metaspace":
             # A SentencePiece vocabulary the way Llama 2 / Mistral / Phi-3 ship it (and llama.cpp
             # tokenizes): "▁" before the text and after every control token, not only at the start.
-            spec["normalizer"] = {"type": "Sequence", "normalizers": [
-                {"type": "Prepend", "prepend": "\u2581"},
-                {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+            spec["normalizer"] = {
+                "type": "Sequence",
+                "normalizers": [
+                    {"type": "Prepend", "prepend": "\u2581"},
+                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+                ],
+            }
             spec["pre_tokenizer"] = None
         if vocab in RSTRIP_CONTROLS:  # Phi-3's control tokens eat the whitespace after them
             for token in spec["added_tokens"]:
@@ -130,17 +157,22 @@ def _vocab_tokenizer(vocab: str, ignore_merges: bool) -> Path:
 def _write_sentencepiece(vocab: str, folder: Path) -> None:
     """tokenizer.model for a SentencePiece vocabulary, from the GGUF's own pieces, scores and types
     (llama.cpp's converter reads SentencePiece models from that file, never from tokenizer.json)."""
-    import gguf
     from sentencepiece import sentencepiece_model_pb2 as spm
+
+    import gguf
 
     with tempfile.TemporaryDirectory() as tmp:
         extract([f"ggml-vocab-{vocab}.gguf"], Path(tmp))
         reader = gguf.GGUFReader(Path(tmp) / f"ggml-vocab-{vocab}.gguf")
         field_of = lambda name: reader.fields[name]  # noqa: E731
-        tokens = [bytes(field_of("tokenizer.ggml.tokens").parts[i]).decode("utf-8")
-                  for i in field_of("tokenizer.ggml.tokens").data]
+        tokens = [
+            bytes(field_of("tokenizer.ggml.tokens").parts[i]).decode("utf-8")
+            for i in field_of("tokenizer.ggml.tokens").data
+        ]
         scores = [float(field_of("tokenizer.ggml.scores").parts[i][0]) for i in field_of("tokenizer.ggml.scores").data]
-        types = [int(field_of("tokenizer.ggml.token_type").parts[i][0]) for i in field_of("tokenizer.ggml.token_type").data]
+        types = [
+            int(field_of("tokenizer.ggml.token_type").parts[i][0]) for i in field_of("tokenizer.ggml.token_type").data
+        ]
     # The SentencePiece model proper ends where the added control tokens begin (Phi-3's <|endoftext|>,
     # <|assistant|>, ...): those come from the tokenizer's own added tokens.
     size = next((i for i in range(259, len(types)) if types[i] != 1), len(types))
@@ -181,8 +213,9 @@ def tokenizer(family: str):
         from tokenizers import pre_tokenizers
 
         tok.backend_tokenizer.normalizer = None
-        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never",
-                                                                       split=False)
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="\u2581", prepend_scheme="never", split=False
+        )
     for key, value in source.special.items():
         setattr(tok, key, value)
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,8 +224,15 @@ def tokenizer(family: str):
     return tok
 
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-            head_dim=32, max_position_embeddings=2048)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    max_position_embeddings=2048,
+)
 ARCH_EXTRA = {
     "gemma2": dict(query_pre_attn_scalar=32, sliding_window=512),
 }
@@ -207,10 +247,14 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
     arch = BY_NAME[family].architecture
     tok = tokenizer(family)
     config_class = getattr(transformers, arch.replace("ForCausalLM", "Config"))
-    special_ids = {f"{k}_id": tok.convert_tokens_to_ids(v) for k, v in
-                   (("bos_token", tok.bos_token), ("eos_token", tok.eos_token), ("pad_token", tok.pad_token)) if v}
-    config = config_class(**TINY, vocab_size=len(tok), tie_word_embeddings=True, **special_ids,
-                          **ARCH_EXTRA.get(family, {}))
+    special_ids = {
+        f"{k}_id": tok.convert_tokens_to_ids(v)
+        for k, v in (("bos_token", tok.bos_token), ("eos_token", tok.eos_token), ("pad_token", tok.pad_token))
+        if v
+    }
+    config = config_class(
+        **TINY, vocab_size=len(tok), tie_word_embeddings=True, **special_ids, **ARCH_EXTRA.get(family, {})
+    )
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config)
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids(BY_NAME[family].end_of_turn)

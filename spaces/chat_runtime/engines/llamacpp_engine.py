@@ -13,8 +13,8 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from .. import families, limits
-from ..params import GenerationParams
 from ..gguf_files import check_gguf_header, resolve_gguf
+from ..params import GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message, encode, render, segments
 
@@ -58,22 +58,30 @@ class LlamaCppEngine:
         self._lock = threading.Lock()
         self.label = f"{spec.label} · llama.cpp · CPU"
         # Refuse a template-less GGUF now rather than at the first message.
-        render(self.template, [{"role": "user", "content": "hi"}], add_generation_prompt=True, special_tokens=self.special_tokens)
+        render(
+            self.template,
+            [{"role": "user", "content": "hi"}],
+            add_generation_prompt=True,
+            special_tokens=self.special_tokens,
+        )
 
     def _control_texts(self) -> frozenset[str]:
         """Text of every control token in the vocabulary (<|im_start|>, <|eot_id|>, ...)."""
         import llama_cpp
 
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        return frozenset(self._token_text(t) for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_control(vocab, t))
+        return frozenset(
+            self._token_text(t) for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_control(vocab, t)
+        )
 
     def _token_text(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Token ids by the GGUF's chat template (specials are in the text, none added)."""
-        parts = segments(self.template, messages, add_generation_prompt=add_generation_prompt,
-                         special_tokens=self.special_tokens)
+        parts = segments(
+            self.template, messages, add_generation_prompt=add_generation_prompt, special_tokens=self.special_tokens
+        )
         return encode(parts, lambda text: self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))[0]
 
     @staticmethod

@@ -42,8 +42,10 @@ TOKENIZE_ROUTES = (
     ("/tokenize", "inputs"),  # TGI
 )
 SERVER_FAMILIES = {
-    ("/extras/tokenize", "input"): "llama.cpp", ("/tokenize", "content"): "llama.cpp",
-    ("/tokenize", "prompt"): "vllm", ("/tokenize", "inputs"): "tgi",
+    ("/extras/tokenize", "input"): "llama.cpp",
+    ("/tokenize", "content"): "llama.cpp",
+    ("/tokenize", "prompt"): "vllm",
+    ("/tokenize", "inputs"): "tgi",
 }
 # How each server takes a GBNF grammar in a chat-completions request (its structured output):
 # llama.cpp's servers a `grammar` field; vLLM `structured_outputs.grammar` (since 0.10.2; its older
@@ -60,11 +62,31 @@ MESSAGE_OVERHEAD_TOKENS = 8
 CHAT_OVERHEAD_TOKENS = 48
 # A server hides its vocabulary, so a user's text is kept from forging the control tokens of the
 # common chat templates (ChatML, Llama 3, Gemma, Mistral, Phi-3).
-CONTROL_TEXTS = frozenset({
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-    "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>",
-    "<s>", "</s>", "[INST]", "[/INST]", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
-})
+CONTROL_TEXTS = frozenset(
+    {
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<bos>",
+        "<eos>",
+        "<s>",
+        "</s>",
+        "[INST]",
+        "[/INST]",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|end|>",
+    }
+)
 
 # How a request on a kept-alive connection the server has closed fails (reset, or closed unanswered).
 STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -157,8 +179,10 @@ class ServerEngine:
         family = SERVER_FAMILIES.get(self._route)
         fields = GRAMMAR_FIELDS.get(family)
         if fields is None:
-            log.info("the inference server (%s) takes no text grammar on its chat route: the reply is free text",
-                     family or "unrecognised")
+            log.info(
+                "the inference server (%s) takes no text grammar on its chat route: the reply is free text",
+                family or "unrecognised",
+            )
             return {}
         return fields(gbnf)
 
@@ -176,8 +200,9 @@ class ServerEngine:
         except httpx.TimeoutException:
             raise self._fail(f"did not answer within {self.timeout:g} s; it may be overloaded. Try again in a moment.")
         except httpx.TransportError as err:
-            raise self._fail(f"is not reachable ({type(err).__name__}); it may be starting or down. "
-                             "Try again in a minute.")
+            raise self._fail(
+                f"is not reachable ({type(err).__name__}); it may be starting or down. Try again in a minute."
+            )
         status = response.status_code
         if status >= 400 and not (probe and status < 500 and status not in (401, 403)):
             detail = _error_detail(response)
@@ -246,7 +271,9 @@ def _status_advice(status: int, detail: str) -> str:
     if status == 404:
         return f"has no such endpoint or model (HTTP 404){said}: check FINCH_SERVER_URL and FINCH_SERVER_MODEL."
     if status < 500:
-        return f"refused the request (HTTP {status}){said}. Shorten the conversation or lower max new tokens, then retry."
+        return (
+            f"refused the request (HTTP {status}){said}. Shorten the conversation or lower max new tokens, then retry."
+        )
     return f"failed (HTTP {status}){said}. Try again in a moment."
 
 
@@ -286,7 +313,7 @@ class _Pieces:
                 # of other servers carry no text. A hand-parse of this one line type beats a dependency.
                 if not line.startswith("data:"):
                     continue
-                data = line[len("data:"):].strip()
+                data = line[len("data:") :].strip()
                 if data == "[DONE]":
                     return
                 piece, done = self._parse(data)
@@ -300,8 +327,10 @@ class _Pieces:
         finally:
             self.response.close()
         if not finished:
-            raise self.fail("ended the reply early; the conversation may be longer than its context "
-                            "(set FINCH_CONTEXT_TOKENS to the server's). Try a shorter message.")
+            raise self.fail(
+                "ended the reply early; the conversation may be longer than its context "
+                "(set FINCH_CONTEXT_TOKENS to the server's). Try a shorter message."
+            )
 
     def _parse(self, data: str) -> tuple[str, bool]:
         """(text, finished) of one chunk; an error chunk or bad JSON raises."""
@@ -311,8 +340,9 @@ class _Pieces:
             choice = (chunk.get("choices") or [{}])[0]  # a usage-only chunk has no choices
             text, finished = (choice.get("delta") or {}).get("content") or "", bool(choice.get("finish_reason"))
         except (ValueError, AttributeError, TypeError, IndexError):
-            raise self.fail("sent a reply that is not OpenAI-compatible JSON: is FINCH_SERVER_URL an "
-                            "OpenAI-compatible endpoint?") from None
+            raise self.fail(
+                "sent a reply that is not OpenAI-compatible JSON: is FINCH_SERVER_URL an OpenAI-compatible endpoint?"
+            ) from None
         if error:
             message = error.get("message", error) if isinstance(error, dict) else error
             raise self.fail(f"failed mid-reply ({str(message)[:200]}). Try again.")

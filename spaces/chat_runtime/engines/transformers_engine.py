@@ -46,8 +46,10 @@ class TransformersEngine:
         except ValueError as err:
             if "trust_remote_code" not in str(err):
                 raise
-            raise ValueError(f"{spec.base} needs its own Python code to load, and Finch runs a model repo's code only "
-                             "when asked. Read that code; if you trust it, set FINCH_TRUST_REMOTE_CODE=1.") from None
+            raise ValueError(
+                f"{spec.base} needs its own Python code to load, and Finch runs a model repo's code only "
+                "when asked. Read that code; if you trust it, set FINCH_TRUST_REMOTE_CODE=1."
+            ) from None
         # The adapter folder carries the tokenizer and chat template it was trained with.
         tokenizer_source = spec.adapter if spec.adapter and _has_tokenizer(spec.adapter) else spec.base
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=spec.trust_remote_code)
@@ -69,8 +71,12 @@ class TransformersEngine:
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Token ids by the tokenizer's chat template (specials are in the text, none added)."""
-        parts = segments(self.tokenizer.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                         special_tokens=self.tokenizer.special_tokens_map)
+        parts = segments(
+            self.tokenizer.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=self.tokenizer.special_tokens_map,
+        )
         return encode(parts, lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"])[0]
 
     def _logits_processors(self, gbnf: str | None) -> dict:
@@ -78,9 +84,9 @@ class TransformersEngine:
         llama.cpp's GBNF as is, so one grammar serves every engine); {} for free text."""
         if gbnf is None:
             return {}
-        from transformers import LogitsProcessorList
         import xgrammar
         import xgrammar.contrib.hf
+        from transformers import LogitsProcessorList
 
         if self._grammar_compiler is None:  # the tokenizer's token table, built once (~1 s)
             info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
@@ -104,7 +110,11 @@ class TransformersEngine:
             if params.greedy
             else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         )
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.generation_config.eos_token_id
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.generation_config.eos_token_id
+        )
         constrained = self._logits_processors(params.grammar)
         kwargs = dict(
             input_ids=torch.tensor([prompt_ids], device=self.model.device),
