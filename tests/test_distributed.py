@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chat_runtime.errors import UserError
 from finetune import distributed
 from finetune.backends import qlora_placement
 
@@ -113,10 +114,10 @@ def dist(strategy, processes=2):
 
 
 def test_unsupported_combinations_fail_at_start_saying_what_to_use():
-    with pytest.raises(SystemExit, match="fsdp-qlora.yaml"):
+    with pytest.raises(UserError, match="fsdp-qlora.yaml"):
         distributed.check(dist("fsdp2"), "peft", load_in_4bit=True)
     distributed.check(dist("fsdp2"), "peft", load_in_4bit=False)
-    with pytest.raises(SystemExit, match="--backend peft"):
+    with pytest.raises(UserError, match="--backend peft"):
         distributed.check(dist("ddp"), "unsloth", load_in_4bit=True)
     distributed.check(dist("single", 1), "unsloth", load_in_4bit=True)
 

@@ -72,7 +72,7 @@ def test_the_dpo_card_and_plot_show_the_reward_metrics_next_to_the_bases(dpo_run
     ):
         assert text in card, text
     assert (adapter / "loss.png").stat().st_size > 10_000
-    recipe = yaml.safe_load((adapter / "finch_recipe.yaml").read_text())
+    recipe = yaml.safe_load((adapter / "recipe.yaml").read_text())
     assert recipe["method"] == "dpo" and recipe["beta"] == 0.1
 
 

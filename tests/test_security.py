@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from chat_runtime import ChatService, ModelSpec
+from chat_runtime.errors import UserError
 from chat_runtime.serving import server_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +288,7 @@ def test_weights_in_a_pickle_are_refused_everywhere_before_they_are_read(tmp_pat
     from finetune.backends import Device, load_peft
     from finetune.config import LoraArgs, ModelArgs
 
-    with pytest.raises(SystemExit, match="has its weights only in pytorch_model.bin"):
+    with pytest.raises(UserError, match="has its weights only in pytorch_model.bin"):
         load_peft(
             str(model), ModelArgs(model=str(model), load_in_4bit=False), LoraArgs(), Device("cpu", "float32", "CPU"), 0
         )

@@ -145,7 +145,7 @@ def load_unsloth(
 ):
     """Unsloth's FastLanguageModel: its own 4-bit loading and LoRA kernels."""
     if adapter:
-        raise SystemExit("training on from an --adapter runs on the peft backend: add --backend peft")
+        raise UserError("training on from an --adapter runs on the peft backend: add --backend peft")
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(

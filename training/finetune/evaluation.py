@@ -207,17 +207,15 @@ def load_rows(args: EvalArgs) -> Rows:
 
 def _held_out(args: EvalArgs):
     """The run's own eval split, rebuilt from the recipe the adapter carries (same data, same seed)."""
-    import yaml
-
     from . import data
+    from .run import RECIPE_FILE, saved_recipe
 
-    recipe_file = Path(args.adapter).expanduser() / "finch_recipe.yaml"
-    if not recipe_file.is_file():
+    r = saved_recipe(Path(args.adapter).expanduser())
+    if r is None:
         raise EvaluationError(
-            f"{args.adapter} is not a Finch run's adapter folder (no finch_recipe.yaml), so it has "
+            f"{args.adapter} is not a Finch run's adapter folder (no {RECIPE_FILE}), so it has "
             "no held-out split: give --prompts_file or --dataset"
         )
-    r = yaml.safe_load(recipe_file.read_text())
     if not r.get("eval_fraction"):
         raise EvaluationError("the run held out no rows (eval_fraction 0): give --prompts_file or --dataset")
     prepared = data.prepare(
