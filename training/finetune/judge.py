@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from chat_runtime import ChatService, GenerationParams, ModelSpec
@@ -35,6 +35,11 @@ PAIR_TASK = (
     "Which reply is better on the rubric? Answer with one line: `Verdict: A`, `Verdict: B` or `Verdict: tie`."
 )
 
+# The answer formats as GBNF grammars: an engine that can constrain its decoding (llama.cpp, a
+# llama.cpp or vLLM server) then can only answer in the form the parsers read, which a small local
+# judge otherwise rarely does; any other server answers freely and the parsers take what they can.
+SCORE_GRAMMAR = 'root ::= "Score: " [1-5]'
+VERDICT_GRAMMAR = 'root ::= "Verdict: " ("A" | "B" | "tie")'
 SCORE_RE = re.compile(r"score\s*(?:is|=|:)?\s*\**\s*([1-5])(?!\d)", re.IGNORECASE)
 BARE_SCORE_RE = re.compile(r"^\s*\**([1-5])\**(?:\s*/\s*5)?\s*\.?\s*$")
 VERDICT_RE = re.compile(r"verdict\s*(?:is|=|:)?\s*[\*\[\"'`]*\s*(A|B|tie)\b", re.IGNORECASE)
@@ -124,11 +129,13 @@ class Judge:
     def weak(self) -> bool:
         return self.params_count is not None and self.params_count < WEAK_JUDGE_PARAMS
 
-    def ask(self, task: str) -> str:
-        """The judge's whole answer to one task; JudgeUnavailable when the judge cannot answer."""
+    def ask(self, task: str, grammar: str | None = None) -> str:
+        """The judge's whole answer to one task, in the form `grammar` allows where the engine can
+        enforce it; JudgeUnavailable when the judge cannot answer."""
         text = ""
+        params = replace(self.params, grammar=grammar)
         try:
-            for reply in self.service.reply(task, [], self.system, self.params):
+            for reply in self.service.reply(task, [], self.system, params):
                 text = reply.text
         except ServerError as err:
             raise JudgeUnavailable(str(err)) from None
@@ -139,12 +146,15 @@ class Judge:
 
     def score(self, conversation: list[dict], reply: str) -> tuple[int | None, str]:
         """(1-5 or None, the judge's raw answer) for one reply."""
-        raw = self.ask(SCORE_TASK.format(conversation=show_conversation(conversation), reply=reply or "(empty)"))
+        raw = self.ask(
+            SCORE_TASK.format(conversation=show_conversation(conversation), reply=reply or "(empty)"), SCORE_GRAMMAR
+        )
         return parse_score(raw), raw
 
     def compare(self, conversation: list[dict], a: str, b: str) -> tuple[str | None, str]:
         """("A" | "B" | "tie" | None, the raw answer) for reply A shown first, B second."""
         raw = self.ask(
-            PAIR_TASK.format(conversation=show_conversation(conversation), a=a or "(empty)", b=b or "(empty)")
+            PAIR_TASK.format(conversation=show_conversation(conversation), a=a or "(empty)", b=b or "(empty)"),
+            VERDICT_GRAMMAR,
         )
         return parse_verdict(raw), raw
