@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chat_runtime import ChatService, GenerationParams, ModelSpec
 from chat_runtime.engines import load_engine
-from chat_runtime.engines.server_engine import ServerError
+from chat_runtime.errors import ServerError
 
 log = logging.getLogger(__name__)
 

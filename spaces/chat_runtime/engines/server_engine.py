@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .. import limits
+from ..errors import ServerError
 from ..params import GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message
@@ -90,15 +91,6 @@ CONTROL_TEXTS = frozenset(
 
 # How a request on a kept-alive connection the server has closed fails (reset, or closed unanswered).
 STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-
-
-class ServerError(ValueError):
-    """The inference server failed; the text says so for the person chatting. A ValueError because
-    that is what the apps show as a notice (a bad input and a down server both mean: try again)."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status  # the HTTP status, None when the server did not answer
 
 
 @dataclass
