@@ -155,6 +155,8 @@ def test_the_chatbots_vote_rows_train_dpo_steps_on_top_of_an_adapter(dpo_run, tr
         "false",
         "--sample_max_new_tokens",
         "4",
+        "--sft_weight",
+        "0",  # plain DPO: its loss at a zero margin is exactly ln 2 (the recipe's SFT term would add the NLL)
         "--output_dir",
         str(run_dir),
     )
