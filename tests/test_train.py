@@ -135,9 +135,11 @@ def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
     assert rows["peft"]["ended_with_eos"] == 1.0  # every reply of the fine-tune stops on its own
     assert rows["gguf-f16"]["previous"] == "merged" and rows["gguf-f16"]["vs_previous"] >= 0.95
     # q8_0 rounds weights and activations: on this 135M model it flips greedy steps whose two best
-    # tokens are within a few hundredths of a logit (measured: 8/10 prompts identical, both others
-    # parting at margins of 0.05). It must part from peft nowhere else, and stay close strictly.
-    assert rows["gguf-q8_0"]["vs_reference_but_near_ties"] >= 0.90 and rows["gguf-q8_0"]["vs_reference"] >= 0.70
+    # tokens are within a few hundredths of a logit. Measured on three runs of this recipe (bf16
+    # training on CPU is not bit-for-bit repeatable): strict agreement 0.8, 0.7, 0.7; counting near
+    # ties 1.0 each time. Near ties is the promise (a flip at a near tie is rounding, not a changed
+    # model); the strict floor sits one prompt below the lowest measured value.
+    assert rows["gguf-q8_0"]["vs_reference_but_near_ties"] >= 0.90 and rows["gguf-q8_0"]["vs_reference"] >= 0.60
     assert all(r["ended_with_eos"] >= 0.9 for r in rows.values())
     assert all(r["same_prompt_ids"] for r in rows.values())  # no template drift on the way to llama.cpp
     assert len(report["prompts"]) == 10 and report["agree_tokens"] == 32
