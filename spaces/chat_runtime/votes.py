@@ -26,10 +26,16 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .params import GenerationParams
+from .params import RANGES, GenerationParams
 from .templating import Message, normalize_history
 
 log = logging.getLogger(__name__)
+
+
+def settings_of(params: GenerationParams) -> dict:
+    """The sampling settings a person chose (the sliders), as a vote row keeps them."""
+    return {name: value for name, value in asdict(params).items() if name in RANGES}
+
 
 CHOICES = ("left", "right", "tie")
 UPLOAD_DIR = "votes_upload"  # the folder the scheduler uploads, beside the local votes file
@@ -52,7 +58,7 @@ def compare_row(
         "left": {"model": left[0], "reply": left[1]},
         "right": {"model": right[0], "reply": right[1]},
         "choice": choice,
-        "settings": asdict(params),
+        "settings": settings_of(params),
         "time": _now(),
     }
 
@@ -64,7 +70,7 @@ def like_row(prompt: list[Message], reply: str, model: str, liked: bool, params:
         "prompt": list(prompt),
         "reply": reply,
         "model": model,
-        "settings": asdict(params),
+        "settings": settings_of(params),
         "time": _now(),
     }
 
