@@ -304,3 +304,97 @@ def llama3_tokenizer() -> Path:
         spec_file.write_text(json.dumps(spec, ensure_ascii=False))
         os.replace(Path(tmp) / "out", folder)
     return folder
+
+
+def run_script(cmd: list[str]) -> str:
+    """A benchmarked child process from the repository root; its stdout, or its stderr's tail as the error."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def finch_training(recipe: str, data: Path, out: Path, *options: str) -> dict:
+    """training/train.py on `data` for one epoch, measured as a user runs it (no eval, no checkpoint,
+    no fidelity check, one 1-token sample): the trainer's runtime and losses, and its precision."""
+    quiet = ["--eval_fraction", "0", "--logging_steps", "1", "--save_steps", "100000"]
+    quiet += ["--sample_prompts", "Hi", "--sample_max_new_tokens", "1", "--verify", "false", "--overwrite", "true"]
+    cmd = [sys.executable, "training/train.py", "--config", recipe, "--dataset", str(data), *options, *quiet]
+    run_script([*cmd, "--output_dir", str(out)])
+    metrics = json.loads((out / "adapter" / "metrics.json").read_text())
+    history = metrics["log_history"]
+    return {
+        "train_runtime": history[-1]["train_runtime"],
+        "train_loss": history[-1]["train_loss"],
+        "losses": [e["loss"] for e in history if "loss" in e],
+        "precision": metrics["device"],
+    }
+
+
+def plain_training(script: str, data: Path, out: Path, model: str, *options: str) -> dict:
+    """A plain-library training script in bench/ (it prints its result as JSON on its last line)."""
+    cmd = [sys.executable, str(BENCH / script), "--data", str(data), "--model", model, "--out", str(out), *options]
+    return json.loads(run_script(cmd).strip().splitlines()[-1])
+
+
+def training_sides(
+    runs: dict[str, Callable[[], dict]], tokens: int, precision: dict[str, str]
+) -> dict[str, Callable[[], dict[str, float]]]:
+    """Training runs as `interleaved` sides: each run's speed over the epoch's `tokens` and its
+    losses; the precision each trained in goes to `precision` (printed beside the speeds)."""
+
+    def side(name: str, go: Callable[[], dict]) -> Callable[[], dict[str, float]]:
+        def measure() -> dict[str, float]:
+            result = go()
+            precision[name] = result.get("precision") or (
+                f"bf16 {result['bf16']}, gradient checkpointing {result['gradient_checkpointing']}"
+            )
+            figures = {"runtime_s": result["train_runtime"], "tok_s": tokens / result["train_runtime"]}
+            return {**figures, "mean_loss": result["train_loss"], "last_loss": result["losses"][-1]}
+
+        return measure
+
+    return {name: side(name, go) for name, go in runs.items()}
+
+
+def sample_rows(source: Path, rows: int, dest: Path) -> Path:
+    """The first `rows` lines of a JSONL data file, written to `dest`."""
+    dest.write_text("\n".join(source.read_text().splitlines()[:rows]) + "\n")
+    return dest
+
+
+def recipe_lora():
+    """The LoRA of Finch's CPU recipes, as the plain-library scripts (trl_plain, dpo_plain) give it to trl."""
+    from peft import LoraConfig
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", target_modules=targets)
+
+
+def print_training_result(trainer, result, config, **extra) -> None:
+    """A plain-library script's result: one JSON line that `plain_training` reads."""
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    figures = {"train_runtime": result.metrics["train_runtime"], "train_loss": result.metrics["train_loss"]}
+    settings = {"bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing}
+    print(json.dumps({**figures, "losses": losses, **settings, "max_length": config.max_length, **extra}))
+
+
+def ttft_arguments(doc: str, reps: int):
+    """The command line of the time-to-first-token benchmarks: rounds, reply length, --quick (2 rounds)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--max_new_tokens", type=int, default=8, help="only the first token matters; keep it short")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.reps = 2
+    return args
+
+
+def story_titles() -> list[tuple[str, str, str]]:
+    """(title, genre, tone) of the storymaker's evaluation titles (training/eval/story_titles.jsonl),
+    which the story benchmarks and tests tell openings for."""
+    lines = (ROOT / "training" / "eval" / "story_titles.jsonl").read_text().splitlines()
+    return [(row["title"], row["genre"], row["tone"]) for row in map(json.loads, lines)]

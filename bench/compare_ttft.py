@@ -11,7 +11,6 @@ Rounds alternate between the apps. Figures: first text on either side, and on bo
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -24,13 +23,7 @@ def has_reply(chat) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--max_new_tokens", type=int, default=8, help="only the first token matters; keep it short")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds")
-    args = parser.parse_args()
-    if args.quick:
-        args.reps = 2
+    args = benchlib.ttft_arguments(__doc__, reps=5)
 
     from gradio_client import Client
 

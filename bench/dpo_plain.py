@@ -12,10 +12,9 @@ without it). Prints one JSON line: train_runtime, train_loss, losses.
 from __future__ import annotations
 
 import argparse
-import json
 
+import benchlib
 from datasets import load_dataset
-from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 # Finch's CPU DPO recipe (training/recipes/cpu-smollm2-dpo.yaml): what both runs share.
@@ -31,14 +30,7 @@ RECIPE = dict(
     logging_steps=1,
     beta=0.1,
 )
-LORA = LoraConfig(
-    r=16,
-    lora_alpha=32,
-    lora_dropout=0.0,
-    bias="none",
-    task_type="CAUSAL_LM",
-    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-)
+LORA = benchlib.recipe_lora()
 
 
 def main() -> None:
@@ -52,19 +44,7 @@ def main() -> None:
     config = DPOConfig(output_dir=args.out, use_cpu=True, report_to="none", save_strategy="no", **RECIPE)
     trainer = DPOTrainer(model=args.model, args=config, train_dataset=train, peft_config=LORA)
     result = trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    print(
-        json.dumps(
-            {
-                "train_runtime": result.metrics["train_runtime"],
-                "train_loss": result.metrics["train_loss"],
-                "losses": losses,
-                "bf16": config.bf16,
-                "gradient_checkpointing": config.gradient_checkpointing,
-                "max_length": config.max_length,
-            }
-        )
-    )
+    benchlib.print_training_result(trainer, result, config)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,6 @@ trl's default bf16); the precision each side used is printed beside the speeds.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -43,67 +40,6 @@ def epoch_tokens(data: Path, model: str) -> int:
     )
 
 
-def run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=benchlib.ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def finch(data: Path, out: Path) -> dict:
-    run(
-        [
-            sys.executable,
-            "training/train.py",
-            "--config",
-            RECIPE,
-            "--dataset",
-            str(data),
-            "--max_steps",
-            "-1",
-            "--sft_weight",
-            "0",  # plain DPO, the loss trl's defaults compute
-            "--eval_fraction",
-            "0",
-            "--logging_steps",
-            "1",
-            "--save_steps",
-            "100000",
-            "--output_dir",
-            str(out),
-            "--sample_prompts",
-            "Hi",
-            "--sample_max_new_tokens",
-            "1",
-            "--verify",
-            "false",
-            "--overwrite",
-            "true",
-        ]
-    )
-    metrics = json.loads((out / "adapter" / "metrics.json").read_text())
-    summary = metrics["log_history"][-1]
-    return {
-        "train_runtime": summary["train_runtime"],
-        "train_loss": summary["train_loss"],
-        "precision": metrics["device"],
-    }
-
-
-def trl(data: Path, out: Path, model: str) -> dict:
-    cmd = [
-        sys.executable,
-        str(benchlib.BENCH / "dpo_plain.py"),
-        "--data",
-        str(data),
-        "--model",
-        model,
-        "--out",
-        str(out),
-    ]
-    return json.loads(run(cmd).strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=64, help="preference pairs to train on (one epoch)")
@@ -119,27 +55,17 @@ def main() -> None:
     model = str(embedded.hf_dir())
     with tempfile.TemporaryDirectory(prefix="finch-dpo-bench-") as tmp:
         tmp = Path(tmp)
-        data = tmp / "pairs.jsonl"
-        lines = (benchlib.ROOT / "training" / "data" / "sample_preferences.jsonl").read_text().splitlines()[: args.rows]
-        data.write_text("\n".join(lines) + "\n")
-        tokens = epoch_tokens(data, model)
-        precision = {}
-
-        def measured(name: str, result: dict) -> dict[str, float]:
-            precision[name] = (
-                result.get("precision")
-                or f"bf16 {result['bf16']}, gradient checkpointing {result['gradient_checkpointing']}"
-            )
-            return {
-                "runtime_s": result["train_runtime"],
-                "tok_s": tokens / result["train_runtime"],
-                "mean_loss": result["train_loss"],
-            }
-
-        sides = {
-            "finch train.py --method dpo": lambda: measured("finch train.py --method dpo", finch(data, tmp / "finch")),
-            "trl DPOTrainer defaults": lambda: measured("trl DPOTrainer defaults", trl(data, tmp / "trl", model)),
+        source = benchlib.ROOT / "training" / "data" / "sample_preferences.jsonl"
+        data = benchlib.sample_rows(source, args.rows, tmp / "pairs.jsonl")
+        tokens, precision = epoch_tokens(data, model), {}
+        runs = {
+            # --sft_weight 0: plain DPO, the loss trl's defaults compute.
+            "finch train.py --method dpo": lambda: benchlib.finch_training(
+                RECIPE, data, tmp / "finch", "--max_steps", "-1", "--sft_weight", "0"
+            ),
+            "trl DPOTrainer defaults": lambda: benchlib.plain_training("dpo_plain.py", data, tmp / "trl", model),
         }
+        sides = benchlib.training_sides(runs, tokens, precision)
         runs = benchlib.interleaved(sides, args.rounds)
     print(
         f"# {args.rows} pairs, {tokens} real tokens per epoch, medians of {args.rounds} round(s); "

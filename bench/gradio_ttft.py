@@ -16,7 +16,6 @@ own figure comes from a ChatService in this process. Rounds alternate between th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -103,13 +102,7 @@ def wire_ttft(http: httpx.Client, base: str, fn_index: int, data: list) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=9)
-    parser.add_argument("--max_new_tokens", type=int, default=8, help="only the first token matters; keep it short")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds")
-    args = parser.parse_args()
-    if args.quick:
-        args.reps = 2
+    args = benchlib.ttft_arguments(__doc__, reps=9)
 
     from gradio_client import Client
 

@@ -23,12 +23,7 @@ from pathlib import Path
 import benchlib
 
 ROOT = Path(__file__).resolve().parents[1]
-TITLES = [
-    ("The lighthouse keeper's last winter", "mystery", "gloomy"),
-    ("Signal from Europa", "science fiction", "tense"),
-    ("The Dragon Who Sneezed Glitter", "fairy tale", "funny"),
-    ("The Captain's Last Map", "pirate adventure", "hopeful"),
-]
+TITLES = benchlib.story_titles()[:4]
 
 
 def timed_turn(service, system_prompt: str, request: str, params, count_tokens) -> dict[str, float]:

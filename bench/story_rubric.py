@@ -23,28 +23,7 @@ from pathlib import Path
 import benchlib
 
 ROOT = Path(__file__).resolve().parents[1]
-TITLES = [
-    ("The lighthouse keeper's last winter", "mystery", "gloomy"),
-    ("The Dragon Who Sneezed Glitter", "fairy tale", "funny"),
-    ("Signal from Europa", "science fiction", "tense"),
-    ("The Captain's Last Map", "pirate adventure", "hopeful"),
-    ("The Whispering Stairs", "ghost story", "eerie"),
-    ("Crown of Ash", "fantasy", "tense"),
-    ("The Missing Violin", "mystery", "whimsical"),
-    ("The Robot Who Dreamed", "science fiction", "hopeful"),
-    ("The Giant's Garden", "fairy tale", "whimsical"),
-    ("Storm over Tortuga", "pirate adventure", "tense"),
-    ("The Last Train at Midnight", "ghost story", "gloomy"),
-    ("The Silver Forest", "fantasy", "hopeful"),
-    ("Fog on Elm Street", "mystery", "eerie"),
-    ("Station Nine", "science fiction", "gloomy"),
-    ("The Paper Crown", "fairy tale", "hopeful"),
-    ("The Mermaid's Bargain", "pirate adventure", "funny"),
-    ("The House on Crow Hill", "ghost story", "funny"),
-    ("The Frozen Throne", "fantasy", "eerie"),
-    ("A Cat Named Tuesday", "", ""),
-    ("The Bakery at the End of Time", "comedy", "cosy"),
-]
+TITLES = benchlib.story_titles()
 META = re.compile(r"\b(story|stories|title|scene|genre|tone|choices?|narrator)\b", re.IGNORECASE)
 YOU = re.compile(r"\byou(r|rs|rself)?\b", re.IGNORECASE)
 CHECKS = ("shape", "you", "story", "distinct", "actions")

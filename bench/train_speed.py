@@ -17,13 +17,13 @@ default bf16 does), so the precision each side used is printed beside the speeds
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import benchlib
+
+RECIPE = "training/recipes/cpu-smollm2-sample.yaml"
 
 
 def epoch_tokens(data: Path, model: str) -> int:
@@ -31,65 +31,6 @@ def epoch_tokens(data: Path, model: str) -> int:
     from trl_plain import finch_rows
 
     return sum(len(ids) for ids in finch_rows(str(data), model)["input_ids"])
-
-
-def run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=benchlib.ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def finch(data: Path, out: Path) -> dict:
-    run(
-        [
-            sys.executable,
-            "training/train.py",
-            "--config",
-            "training/recipes/cpu-smollm2-sample.yaml",
-            "--dataset",
-            str(data),
-            "--eval_fraction",
-            "0",
-            "--logging_steps",
-            "1",
-            "--save_steps",
-            "100000",
-            "--output_dir",
-            str(out),
-            "--sample_prompts",
-            "Hi",
-            "--sample_max_new_tokens",
-            "1",
-            "--verify",
-            "false",
-            "--overwrite",
-            "true",
-        ]
-    )
-    metrics = json.loads((out / "adapter" / "metrics.json").read_text())
-    history = metrics["log_history"]
-    summary = history[-1]
-    return {
-        "train_runtime": summary["train_runtime"],
-        "train_loss": summary["train_loss"],
-        "losses": [e["loss"] for e in history if "loss" in e],
-        "precision": metrics["device"],
-    }
-
-
-def trl(data: Path, out: Path, model: str, finch_labels: bool) -> dict:
-    cmd = [
-        sys.executable,
-        str(benchlib.BENCH / "trl_plain.py"),
-        "--data",
-        str(data),
-        "--model",
-        model,
-        "--out",
-        str(out),
-    ]
-    return json.loads(run(cmd + (["--finch_labels"] if finch_labels else [])).strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -109,30 +50,20 @@ def main() -> None:
     model = str(embedded.hf_dir())
     with tempfile.TemporaryDirectory(prefix="finch-train-bench-") as tmp:
         tmp = Path(tmp)
-        data = tmp / "rows.jsonl"
-        lines = (benchlib.ROOT / "training" / "data" / "sample_sharegpt.jsonl").read_text().splitlines()[: args.rows]
-        data.write_text("\n".join(lines) + "\n")
-        tokens = epoch_tokens(data, model)
-        precision = {}  # what each run trained in
+        data = benchlib.sample_rows(
+            benchlib.ROOT / "training" / "data" / "sample_sharegpt.jsonl", args.rows, tmp / "rows.jsonl"
+        )
+        tokens, precision = epoch_tokens(data, model), {}  # precision: what each run trained in
 
-        def measured(name: str, result: dict) -> dict[str, float]:
-            precision[name] = result.get("precision") or (
-                f"bf16 {result['bf16']}, gradient checkpointing {result['gradient_checkpointing']}"
-            )
-            return {
-                "runtime_s": result["train_runtime"],
-                "tok_s": tokens / result["train_runtime"],
-                "mean_loss": result["train_loss"],
-                "last_loss": result["losses"][-1],
-            }
+        def trl(out: str, *options: str) -> dict:
+            return benchlib.plain_training("trl_plain.py", data, tmp / out, model, *options)
 
-        sides = {
-            "finch train.py": lambda: measured("finch train.py", finch(data, tmp / "finch")),
-            "trl defaults": lambda: measured("trl defaults", trl(data, tmp / "trl", model, finch_labels=False)),
-            "trl defaults, finch labels": lambda: measured(
-                "trl defaults, finch labels", trl(data, tmp / "trl-labels", model, finch_labels=True)
-            ),
+        runs = {
+            "finch train.py": lambda: benchlib.finch_training(RECIPE, data, tmp / "finch"),
+            "trl defaults": lambda: trl("trl"),
+            "trl defaults, finch labels": lambda: trl("trl-labels", "--finch_labels"),
         }
+        sides = benchlib.training_sides(runs, tokens, precision)
         runs = benchlib.interleaved(sides, args.rounds)
     print(
         f"# {args.rows} conversations, {tokens} real tokens per epoch, medians of {args.rounds} round(s); "

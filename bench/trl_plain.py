@@ -15,10 +15,9 @@ without it). Prints one JSON line: train_runtime, train_loss, losses.
 from __future__ import annotations
 
 import argparse
-import json
 
+import benchlib
 from datasets import Dataset, load_dataset
-from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -34,14 +33,7 @@ RECIPE = dict(
     data_seed=3407,
     logging_steps=1,
 )
-LORA = LoraConfig(
-    r=16,
-    lora_alpha=32,
-    lora_dropout=0.0,
-    bias="none",
-    task_type="CAUSAL_LM",
-    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-)
+LORA = benchlib.recipe_lora()
 
 
 def finch_rows(data: str, model: str) -> Dataset:
@@ -87,20 +79,7 @@ def main() -> None:
     config = SFTConfig(output_dir=args.out, use_cpu=True, report_to="none", save_strategy="no", **RECIPE)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, peft_config=peft_config)
     result = trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    print(
-        json.dumps(
-            {
-                "train_runtime": result.metrics["train_runtime"],
-                "train_loss": result.metrics["train_loss"],
-                "losses": losses,
-                "bf16": config.bf16,
-                "gradient_checkpointing": config.gradient_checkpointing,
-                "max_length": config.max_length,
-                "padding_free": config.padding_free,
-            }
-        )
-    )
+    benchlib.print_training_result(trainer, result, config, padding_free=config.padding_free)
 
 
 if __name__ == "__main__":

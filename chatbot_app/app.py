@@ -143,6 +143,7 @@ def chat_page() -> gr.Blocks:
             validator=check_message,
             api_name="chat",
             concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS,
+            save_history=True,  # past conversations stay in the user's browser (localStorage), listed beside the chat
         )
         chatbot.like(on_like, [chatbot, *inputs], None, api_name=False)
     return page

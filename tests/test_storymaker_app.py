@@ -77,9 +77,10 @@ def test_a_story_begins_continues_downloads_undoes_and_restarts(storymaker, page
     assert page.locator("#story-heading h1").inner_text() == "The Lost Lighthouse"
     first_choices = choices(page)
     assert 2 <= len(first_choices) <= 4 and all(first_choices)
-    assert len(calls) == 1 and "\n\nChoices:\n1. " in calls[0][1], "one request, its reply in the turn shape"
-    listed = calls[0][1].split("\n\nChoices:\n")[1]
-    assert all(f"{i}. {c}" in listed for i, c in enumerate(first_choices, 1)), (listed, first_choices)
+    assert "\n\nChoices:\n1. " in calls[0][1], "its reply in the turn shape"
+    # The choices shown are the model's own: from the turn, or (when the turn's choices repeat its
+    # scene and are dropped, which the numerics of some CPUs give for this title) asked once more.
+    assert len(calls) <= 2 and all(any(c in reply for _, reply in calls) for c in first_choices), calls
     assert "Choices:" not in page.locator("#story [data-testid=bot]").inner_text(), "the page shows the scene alone"
     assert module.SYSTEM_PROMPT in calls[0][0] and "The Lost Lighthouse" in calls[0][0]
     opening = calls[0][1].strip().splitlines()[0][:20]  # the first scene's start

@@ -83,6 +83,51 @@ def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
 
 
 @pytest.mark.trains
+def test_the_plan_matches_the_run_and_its_eta_its_time(trained_run):
+    run_dir, proc = trained_run
+    plan = json.loads((run_dir / "plan.json").read_text())
+    metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    assert proc.stdout.lstrip().startswith("Plan (counted from the settings")  # the run's first lines
+    assert plan["steps"] == metrics["global_step"] and plan["eval_rows"] == metrics["rows"]["eval"]
+    evaluated = {e["step"] for e in metrics["log_history"] if "eval_loss" in e}
+    assert 1 + len(evaluated) == plan["evaluations"]  # the base's, and every logged one
+    # the ETA given after the first steps, against the training loop's real time (provisional on a loaded machine)
+    said = float(proc.stderr.split("ETA after the first steps")[1].split("training loop ")[1].split(" s")[0])
+    # the run's summary entry (the loss entries carry the time so far too)
+    took = next(e["train_runtime"] for e in reversed(metrics["log_history"]) if "train_loss" in e)
+    assert abs(said - took) <= 0.3 * took, (said, took)
+
+
+@pytest.mark.trains
+def test_the_adapter_holds_the_checkpoint_with_the_lowest_logged_eval_loss(tmp_path):
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    proc = train(
+        *QUICK,
+        *("--max_steps", "6", "--eval_steps", "2", "--save_steps", "3", "--learning_rate", "3e-2"),
+        *("--lr_scheduler_type", "cosine_with_min_lr", "--min_lr_ratio", "0.5", "--warmup_ratio", "0.3"),
+        *("--output_dir", str(run_dir)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    losses = {e["step"]: e["eval_loss"] for e in metrics["log_history"] if "eval_loss" in e and e["step"] > 0}
+    assert sorted(losses) == [2, 4, 6]  # every 2 steps (the end is one of them), each with its checkpoint
+    best = min(losses, key=losses.get)
+    assert metrics["adapter_checkpoint"]["kept"] == "best" and metrics["adapter_checkpoint"]["step"] == best
+    adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    kept = load_file(run_dir / "checkpoints" / f"checkpoint-{best}" / "adapter_model.safetensors")
+    assert adapter.keys() == kept.keys() and all((adapter[k] == kept[k]).all() for k in adapter)
+    assert metrics["eval"]["loss"] == round(losses[best], 4)
+    assert f"the best checkpoint: step {best} of 6" in (run_dir / "adapter" / "README.md").read_text()
+    # warm-up over 30% of the steps from 0, then cosine down to no less than half the peak
+    rates = [e["learning_rate"] for e in metrics["log_history"] if "learning_rate" in e]
+    assert rates[0] == 0 and max(rates) == pytest.approx(3e-2) and min(rates[2:]) >= 1.5e-2 * 0.999
+    assert "sample at step 2:" in proc.stderr and "ETA after the first steps" in proc.stderr
+    assert json.loads((run_dir / "plan.json").read_text())["evaluations"] == 1 + 3
+
+
+@pytest.mark.trains
 def test_the_fine_tune_visibly_changes_the_replies(trained_run):
     samples = json.loads((trained_run[0] / "adapter" / "samples.json").read_text())
     tuned = [s["fine_tuned"].startswith("Finch here") for s in samples]
@@ -135,11 +180,12 @@ def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
     assert rows["peft"]["ended_with_eos"] == 1.0  # every reply of the fine-tune stops on its own
     assert rows["gguf-f16"]["previous"] == "merged" and rows["gguf-f16"]["vs_previous"] >= 0.95
     # q8_0 rounds weights and activations: on this 135M model it flips greedy steps whose two best
-    # tokens are within a few hundredths of a logit. Measured on three runs of this recipe (bf16
-    # training on CPU is not bit-for-bit repeatable): strict agreement 0.8, 0.7, 0.7; counting near
-    # ties 1.0 each time. Near ties is the promise (a flip at a near tie is rounding, not a changed
-    # model); the strict floor sits one prompt below the lowest measured value.
-    assert rows["gguf-q8_0"]["vs_reference_but_near_ties"] >= 0.90 and rows["gguf-q8_0"]["vs_reference"] >= 0.60
+    # tokens are within a few hundredths of a logit. Measured on four runs of this recipe (two CPU
+    # kinds; bf16 training on CPU is not bit-for-bit repeatable across them): strict agreement 0.8,
+    # 0.7, 0.7, 0.6, so the strict rate is not stable and is only printed; counting near ties 1.0 each
+    # time. Near ties is the promise (a flip at a near tie is rounding, not a changed model), its
+    # floor one prompt below the lowest measured value.
+    assert rows["gguf-q8_0"]["vs_reference_but_near_ties"] >= 0.90
     assert all(r["ended_with_eos"] >= 0.9 for r in rows.values())
     assert all(r["same_prompt_ids"] for r in rows.values())  # no template drift on the way to llama.cpp
     assert len(report["prompts"]) == 10 and report["agree_tokens"] == 32
@@ -282,8 +328,8 @@ def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, shaped_model,
         str(model),
         "--backend",
         backend,
-        "--load_in_4bit",
-        "true",
+        "--finetuning",
+        "qlora",
         "--optim",
         "adamw_8bit",
         "--gradient_checkpointing",
@@ -349,17 +395,18 @@ def _losses(run_dir):
 
 @pytest.mark.trains
 def test_a_run_killed_with_sigkill_resumes_to_the_same_final_step_and_losses(tmp_path, train_script):
+    short = [*QUICK, "--max_steps", "8"]  # a checkpoint at 4 (the kill comes after it) and 8
     reference = tmp_path / "reference"
-    assert train(*QUICK, "--output_dir", str(reference), "--save_steps", "12").returncode == 0
+    assert train(*short, "--output_dir", str(reference)).returncode == 0
     run_dir = tmp_path / "killed"
-    resumed = train_script[1](QUICK, run_dir, checkpoint=8)
+    resumed = train_script[1](short, run_dir, checkpoint=4)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
     final = json.loads((run_dir / "adapter" / "metrics.json").read_text())
-    assert final["global_step"] == 12
+    assert final["global_step"] == 8
     expected, got = _losses(reference), {e["step"]: e["loss"] for e in final["log_history"] if "loss" in e}
-    assert set(got) >= {9, 10, 11, 12}
-    for step in (9, 10, 11, 12):
+    assert set(got) >= {5, 6, 7, 8}
+    for step in (5, 6, 7, 8):
         assert abs(got[step] - expected[step]) < 1e-4, (step, got[step], expected[step])
 
 

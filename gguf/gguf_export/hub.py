@@ -1,4 +1,5 @@
-"""Upload the GGUF files, the model card and the Modelfile to a model repo on the Hub."""
+"""Upload the GGUF files, the model card and the Modelfile (or a merged model's folder) to a model
+repo on the Hub."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def _redact(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
-def push(folder: Path, files: list[Path], repo_id: str, private: bool) -> str:
+def push(folder: Path, files: list[Path], repo_id: str, private: bool, what: str = "GGUF files") -> str:
     """Create `repo_id` (if needed) and upload `files` from `folder`; return the repo's URL.
 
     The token comes from HF_TOKEN or `hf auth login` and is never printed: errors name the failure
@@ -37,7 +38,7 @@ def push(folder: Path, files: list[Path], repo_id: str, private: bool) -> str:
             repo_id=repo_id,
             repo_type="model",
             allow_patterns=names,
-            commit_message="Upload GGUF files with Finch",
+            commit_message=f"Upload {what} with Finch",
         )
     except Exception as err:  # network, auth, quota
         first = _redact(str(err).strip().splitlines()[0][:200] if str(err).strip() else "", token)

@@ -59,6 +59,7 @@ def resolve_adapter(adapter: str, model: str | None) -> tuple[Path, Path, str]:
         raise ExportError(
             f"{adapter} has no adapter_config.json: pass a LoRA adapter folder to --adapter, or a full model to --model"
         )
+    check_mergeable(adapter_dir)
     try:
         base = model or base_of_adapter(str(adapter_dir))
     except ValueError as err:
@@ -73,6 +74,27 @@ def resolve_adapter(adapter: str, model: str | None) -> tuple[Path, Path, str]:
             f"the base model folder {base_dir} has no config.json: is it a Hugging Face model folder? {fix}"
         )
     return adapter_dir, base_dir, base
+
+
+# peft adapter kinds with no GGUF form, and why (adapter_config.json's peft_type)
+NO_GGUF_FORM = {
+    "PREFIX_TUNING": "a prefix-tuning adapter: its trained key/value vectors sit in front of every attention "
+    "layer, outside the weights",
+    "P_TUNING": "a p-tuning adapter: its virtual tokens come from a prompt encoder placed before the input "
+    "embeddings, outside the weights",
+    "PROMPT_TUNING": "a prompt-tuning adapter: its virtual tokens sit before the input embeddings, outside the weights",
+}
+
+
+def check_mergeable(adapter_dir: Path) -> None:
+    """Refuse, before any work, an adapter that cannot be merged into its base's weights."""
+    kind = json.loads((adapter_dir / "adapter_config.json").read_text()).get("peft_type", "LORA")
+    if kind in NO_GGUF_FORM:
+        raise ExportError(
+            f"{adapter_dir.name} has no GGUF form (and no merged one): it is {NO_GGUF_FORM[kind]}, which "
+            "neither llama.cpp nor a merge can hold. Serve it with transformers (FINCH_ADAPTER=<the adapter> "
+            "python chatbot_app/app.py), or train with --finetuning lora or full for llama.cpp."
+        )
 
 
 def lora_gguf_problems(adapter_dir: Path) -> list[str]:

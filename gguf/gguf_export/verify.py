@@ -132,8 +132,8 @@ class Report:
         """The report as a Markdown table (also readable in a terminal)."""
         pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
         lines = [
-            f"| hop | first {self.agree_tokens} tokens agree with the previous hop | with peft (reference) "
-            f"| with peft, or part at a near tie | replies ending with EOS (max {self.max_new_tokens} new) "
+            f"| hop | first {self.agree_tokens} tokens agree with the previous hop | with {self.hops[0].name} "
+            f"(reference) | with {self.hops[0].name}, or part at a near tie | replies ending with EOS (max {self.max_new_tokens} new) "
             "| same prompt ids |",
             "|---|---|---|---|---|---|",
         ]
@@ -153,7 +153,7 @@ class Report:
             f"## Fidelity (`python gguf/verify.py`)\n\n"
             f"{len(self.prompts)} fixed prompts, greedy, through every hop from training to llama.cpp. "
             f"Agreement is the share of prompts whose first {self.agree_tokens} tokens are identical. "
-            f"Where a hop parts from peft at a step whose two best tokens were within {NEAR_TIE} logits "
+            f"Where a hop parts from the reference at a step whose two best tokens were within {NEAR_TIE} logits "
             "(a near tie), rounding picked the other of two equally likely words; the fourth column "
             "counts those as kept.\n\n" + self.table() + "\n"
         )
@@ -264,9 +264,12 @@ def verify_adapter(
     max_new_tokens: int = MAX_NEW_TOKENS,
     work_dir: Path | None = None,
     cache: Path | None = None,
+    merged: Path | None = None,
 ) -> Report:
-    """Run every hop for an adapter. `ggufs` (quant -> file) reuses an export's files; without it
-    the merged model is exported to `quants` in a scratch folder (removed afterwards)."""
+    """Run every hop for an adapter. `ggufs` (quant -> file) reuses an export's files ({}: no GGUF
+    hop); without it the merged model is exported to `quants` in a scratch folder (removed
+    afterwards). `merged`: a merged folder already written (export's --merged_dir) to check as the
+    merged hop, instead of merging afresh."""
     from transformers import AutoTokenizer
 
     adapter_dir, base_dir, _ = resolve_adapter(str(adapter), model)
@@ -284,15 +287,54 @@ def verify_adapter(
         log.info("verify: base + adapter (peft, fp32)")
         report.hops.append(transformers_hop("peft", base_dir, adapter_dir, tokenizer, prompt_ids, max_new_tokens))
         log.info("verify: merged model (16-bit merge)")
-        merged = merge_adapter(base_dir, adapter_dir, scratch / "merged", "float16")
+        merged = merged or merge_adapter(base_dir, adapter_dir, scratch / "merged", "float16")
         report.hops.append(transformers_hop("merged", merged, None, tokenizer, prompt_ids, max_new_tokens))
         ggufs = dict(ggufs) if ggufs is not None else _export(merged, scratch, list(quants), cache, report)
-        for quant, path in sorted(ggufs.items(), key=lambda kv: _QUANT_ORDER.index(kv[0])):
-            log.info("verify: GGUF %s on llama.cpp", quant)
-            report.hops.append(gguf_hop(f"gguf-{quant}", path, messages, prompt_ids, max_new_tokens))
+        _gguf_hops(report, ggufs, messages, prompt_ids)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+def verify_model(
+    model_dir: str | Path,
+    ggufs: dict[str, Path] | None = None,
+    *,
+    quants: Sequence[str] = ("f16", "q8_0", "q4_k_m"),
+    prompts: Sequence[str] = PROMPTS,
+    agree_tokens: int = AGREE_TOKENS,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    work_dir: Path | None = None,
+    cache: Path | None = None,
+) -> Report:
+    """Every hop for a whole model (a full fine-tune): the model in fp32 (the reference), then its GGUF
+    files on llama.cpp; no adapter, so no merge."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    try:
+        require_safetensors(str(model_dir), "the model")
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    messages = conversations(prompts)
+    prompt_ids = [hf_prompt_ids(tokenizer, m) for m in messages]
+    report = Report(list(prompts), agree_tokens, max_new_tokens)
+    scratch = Path(tempfile.mkdtemp(prefix=".finch-verify-", dir=work_dir))
+    try:
+        log.info("verify: the model (fp32)")
+        report.hops.append(transformers_hop("model", model_dir, None, tokenizer, prompt_ids, max_new_tokens))
+        ggufs = dict(ggufs) if ggufs is not None else _export(model_dir, scratch, list(quants), cache, report)
+        _gguf_hops(report, ggufs, messages, prompt_ids)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def _gguf_hops(report: Report, ggufs: dict[str, Path], messages: list[list[Message]], prompt_ids) -> None:
+    for quant, path in sorted(ggufs.items(), key=lambda kv: _QUANT_ORDER.index(kv[0])):
+        log.info("verify: GGUF %s on llama.cpp", quant)
+        report.hops.append(gguf_hop(f"gguf-{quant}", path, messages, prompt_ids, report.max_new_tokens))
 
 
 _QUANT_ORDER = ["f16", "q8_0", "q5_k_m", "q4_k_m"]  # most to least precise: each hop is compared with the one before

@@ -46,3 +46,6 @@ MAX_TITLE_CHARS = _env_int("FINCH_MAX_TITLE_CHARS", 120)
 # Seconds the server engine waits to connect and for each piece of a reply before telling the user
 # the inference server is too slow (a long prompt's first piece is the slowest).
 SERVER_TIMEOUT_SECONDS = _env_float("FINCH_SERVER_TIMEOUT", 60.0)
+# Longest a ZeroGPU Space holds its GPU for one reply (@spaces.GPU's duration); a shorter one
+# gets a user through ZeroGPU's queue sooner.
+ZEROGPU_SECONDS = _env_int("FINCH_ZEROGPU_SECONDS", 60)

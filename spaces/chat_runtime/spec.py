@@ -4,8 +4,9 @@ an OpenAI-compatible inference server to talk to (vLLM, TGI, llama.cpp's llama-s
 On a Space the spec comes from environment variables (set by the deploy command):
   FINCH_ENGINE        auto | transformers | llamacpp | server
                       (auto: a server URL -> server, a GGUF -> llamacpp, else transformers)
-  FINCH_MODEL         base model: Hub id or local folder (read from the adapter when unset)
-  FINCH_ADAPTER       LoRA adapter: Hub id or local folder
+  FINCH_MODEL         base model, or a whole fine-tuned one (full or merged): Hub id or local folder
+                      (read from the adapter when unset)
+  FINCH_ADAPTER       peft adapter (LoRA, prefix tuning, p-tuning): Hub id or local folder
   FINCH_GGUF          GGUF file: local path, or `owner/repo/file.gguf` on the Hub
   FINCH_GGUF_LORA     optional LoRA GGUF loaded beside FINCH_GGUF
   FINCH_LOAD_IN_4BIT  1 to load the base in 4-bit (bitsandbytes; CUDA only)
@@ -135,7 +136,12 @@ def base_of_adapter(adapter: str) -> str:
     if local.is_dir():
         config_file = local / "adapter_config.json"
         if not config_file.is_file():
-            raise ValueError(f"{adapter} has no adapter_config.json: is it a LoRA adapter folder?")
+            if (local / "config.json").is_file():
+                raise ValueError(
+                    f"{adapter} is a whole model (a full fine-tune or a merged model), not an adapter: "
+                    "serve it as the model (FINCH_MODEL, or --model)"
+                )
+            raise ValueError(f"{adapter} has no adapter_config.json: is it an adapter folder (LoRA, prefix, p-tuning)?")
     else:
         from huggingface_hub import hf_hub_download
 

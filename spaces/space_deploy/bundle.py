@@ -16,15 +16,31 @@ APPS = {"chatbot": ROOT / "chatbot_app", "storymaker": ROOT / "storymaker_app"}
 RUNTIME = ROOT / "spaces" / "chat_runtime"
 SHADOWING_NAMES = {"spaces", "gguf"}  # import names of packages the Space runs with
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
-# A Space that talks to an inference server loads no model: Gradio (and its httpx) is all it needs.
+# What a Space installs on top of Gradio, by what it serves. Only a transformers Space needs torch
+# (the app folder's own requirements.txt); a GGUF or server Space is a CPU Space through and through.
 SERVER_REQUIREMENTS = (
     "# The model runs on the inference server (FINCH_SERVER_URL): no torch here.\nhuggingface_hub==2.4.0\n"
 )
+GGUF_REQUIREMENTS = (
+    "# The model is a GGUF run by llama.cpp on the CPU (FINCH_GGUF): no torch here. transformers is\n"
+    "# the chat template's renderer (chat_runtime.templating), which runs without torch.\n"
+    f"huggingface_hub==2.4.0\ntransformers==5.23.0\n{LLAMA_CPP_REQUIREMENT}\n"
+)
+# Hardware a Space of each kind asks for unless told otherwise (deploy.py --hardware).
+DEFAULT_HARDWARE = {"transformers": "t4-small", "llamacpp": "cpu-basic", "server": "cpu-basic"}
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "flagged", ".gradio")
 
 
-def assemble(app: str, dest: Path, variables: dict[str, str]) -> Path:
-    """Write the bundle for `app` to `dest` atomically (a half-written bundle never sits there)."""
+def space_kind(variables: dict[str, str]) -> str:
+    """Which engine the Space will run: "server", "llamacpp" or "transformers" (as spec.resolved picks)."""
+    if variables.get("FINCH_SERVER_URL"):
+        return "server"
+    return "llamacpp" if variables.get("FINCH_GGUF") else "transformers"
+
+
+def assemble(app: str, dest: Path, variables: dict[str, str], hardware: str | None = None) -> Path:
+    """Write the bundle for `app` to `dest` atomically (a half-written bundle never sits there);
+    `hardware` is what the card suggests (default: DEFAULT_HARDWARE for the Space's kind)."""
     if app not in APPS:
         raise ValueError(f"unknown app {app!r}: choose one of {', '.join(APPS)}")
     dest = Path(dest).resolve()
@@ -33,12 +49,12 @@ def assemble(app: str, dest: Path, variables: dict[str, str]) -> Path:
     try:
         shutil.copytree(APPS[app], tmp, dirs_exist_ok=True, ignore=_IGNORE)
         shutil.copytree(RUNTIME, tmp / RUNTIME.name, ignore=_IGNORE)
-        if variables.get("FINCH_GGUF"):
-            with open(tmp / "requirements.txt", "a") as f:
-                f.write(f"{LLAMA_CPP_REQUIREMENT}\n")
-        if variables.get("FINCH_SERVER_URL"):
+        kind = space_kind(variables)
+        if kind == "llamacpp":
+            (tmp / "requirements.txt").write_text(GGUF_REQUIREMENTS)
+        elif kind == "server":
             (tmp / "requirements.txt").write_text(SERVER_REQUIREMENTS)
-        _set_card_models(tmp / "README.md", variables)
+        _set_card(tmp / "README.md", variables, hardware or DEFAULT_HARDWARE[kind])
         check_bundle(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
@@ -53,16 +69,18 @@ def assemble(app: str, dest: Path, variables: dict[str, str]) -> Path:
     return dest
 
 
-def _set_card_models(card_path: Path, variables: dict[str, str]) -> None:
-    """List the served models in the Space card, so the Hub links the Space to them."""
+def _set_card(card_path: Path, variables: dict[str, str], hardware: str) -> None:
+    """List the served models in the Space card, so the Hub links the Space to them, and suggest
+    the hardware it runs on (what a duplicate of the Space asks for)."""
     models = [v for k in ("FINCH_MODEL", "FINCH_ADAPTER") if (v := variables.get(k)) and not Path(v).exists()]
     gguf = variables.get("FINCH_GGUF", "")
     if gguf.count("/") >= 2 and not Path(gguf).exists():
         models.append("/".join(gguf.split("/")[:2]))
+    card = SpaceCard.load(card_path)
+    card.data.suggested_hardware = hardware
     if models:
-        card = SpaceCard.load(card_path)
         card.data.models = models
-        card.save(card_path)
+    card.save(card_path)
 
 
 def check_bundle(folder: Path) -> None:

@@ -1,6 +1,7 @@
-"""Model + LoRA by backend: a small table. Unsloth (fast 4-bit kernels) when a CUDA GPU and the
-package are there; otherwise transformers + peft (+ bitsandbytes 4-bit on CUDA); plain LoRA on
-CPU. Every backend returns a peft model and its tokenizer, so the rest of the run is shared."""
+"""Model + what trains, by backend: a small table. Unsloth (fast 4-bit kernels) when a CUDA GPU and
+the package are there; otherwise transformers + peft (+ bitsandbytes 4-bit on CUDA); plain LoRA on
+CPU. The finetuning setting picks peft's config (LoRA, prefix tuning, p-tuning) or none (full: every
+weight trains). Every backend returns the model and its tokenizer, so the rest of the run is shared."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from chat_runtime.errors import UserError
 from chat_runtime.precision import bnb_config, pick_dtype_name
 from chat_runtime.spec import require_safetensors
 
-from .config import DTYPES, LoraArgs, ModelArgs
+from .config import DTYPES, AdapterArgs, ModelArgs
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ def detect_device(precision: str = "auto") -> Device:
     return Device("cpu", "float32", "CPU, bf16 mixed precision" if bf16 else "CPU, fp32", "bfloat16" if bf16 else "")
 
 
-def pick_backend(requested: str, device: Device, processes: int = 1) -> str:
-    """`auto` -> unsloth when CUDA and unsloth are available (and one process runs), else peft."""
+UNSLOTH_FINETUNINGS = ("lora", "qlora")  # what load_unsloth builds; the rest runs on peft
+
+
+def pick_backend(requested: str, device: Device, processes: int = 1, finetuning: str = "lora") -> str:
+    """`auto` -> unsloth when CUDA and unsloth are available (and one process runs a LoRA), else peft."""
     if requested == "unsloth" and device.kind != "cuda":
         raise UserError("backend unsloth needs a CUDA GPU; use --backend peft (or auto) on this machine")
     if requested == "unsloth" and importlib.util.find_spec("unsloth") is None:
@@ -67,10 +71,11 @@ def pick_backend(requested: str, device: Device, processes: int = 1) -> str:
     if requested != "auto":
         return requested
     single = processes == 1  # several processes: peft, the backend every strategy supports
-    return "unsloth" if single and device.kind == "cuda" and importlib.util.find_spec("unsloth") else "peft"
+    fits = single and finetuning in UNSLOTH_FINETUNINGS and device.kind == "cuda"
+    return "unsloth" if fits and importlib.util.find_spec("unsloth") else "peft"
 
 
-def lora_config(lora: LoraArgs):
+def lora_config(lora: AdapterArgs):
     """peft LoraConfig for a causal LM."""
     from peft import LoraConfig
 
@@ -82,6 +87,26 @@ def lora_config(lora: LoraArgs):
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def prefix_config(adapter: AdapterArgs):
+    """peft PrefixTuningConfig: trained key/value vectors in front of every layer's attention. They
+    start at zero, so the untrained model answers as its base (random ones put its loss far above)."""
+    from peft import PrefixTuningConfig
+
+    return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=adapter.num_virtual_tokens, init_weights="zero")
+
+
+def ptuning_config(adapter: AdapterArgs):
+    """peft PromptEncoderConfig (p-tuning): virtual input embeddings made by a small MLP encoder."""
+    from peft import PromptEncoderConfig
+
+    return PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=adapter.num_virtual_tokens)
+
+
+# finetuning -> peft config (None: full fine-tuning, every weight trains and no adapter wraps the model)
+PEFT_CONFIGS = {"lora": lora_config, "qlora": lora_config, "full": None, "prefix": prefix_config}
+PEFT_CONFIGS["ptuning"] = ptuning_config
 
 
 def qlora_placement(dtype_name: str, shards_params: bool, local_rank: int) -> dict:
@@ -100,14 +125,15 @@ def qlora_placement(dtype_name: str, shards_params: bool, local_rank: int) -> di
 def load_peft(
     model_path: str,
     model_args: ModelArgs,
-    lora: LoraArgs,
+    lora: AdapterArgs,
     device: Device,
     seed: int,
     shards_params: bool = False,
     local_rank: int = 0,
     adapter: str | None = None,
 ):
-    """transformers + peft (+ bitsandbytes 4-bit on CUDA); a fresh LoRA, or `adapter` trained further."""
+    """transformers + peft (+ bitsandbytes 4-bit on CUDA): a fresh adapter of the finetuning's kind,
+    `adapter` trained further, or (full) the model itself."""
     import torch
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -129,15 +155,36 @@ def load_peft(
     elif device.kind == "cuda" and not shards_params:  # the sharder places sharded weights itself
         model = model.to(f"cuda:{local_rank}")
     torch.manual_seed(seed)
+    make_config = PEFT_CONFIGS[model_args.finetuning]
+    if make_config is None:
+        return model, tokenizer  # full fine-tuning: every weight trains
     if adapter:
+        check_adapter_kind(adapter, model_args.finetuning)
         return PeftModel.from_pretrained(model, adapter, is_trainable=True), tokenizer
-    return get_peft_model(model, lora_config(lora)), tokenizer
+    return get_peft_model(model, make_config(lora)), tokenizer
+
+
+# peft's name for each kind of adapter (adapter_config.json's peft_type)
+PEFT_TYPES = {"lora": "LORA", "qlora": "LORA", "prefix": "PREFIX_TUNING", "ptuning": "P_TUNING"}
+
+
+def check_adapter_kind(adapter: str, finetuning: str) -> None:
+    """An --adapter goes on training as the kind it is: refuse one that is not what --finetuning says."""
+    from peft import PeftConfig
+
+    kind = str(PeftConfig.from_pretrained(adapter).peft_type).rsplit(".", 1)[-1]
+    if kind != PEFT_TYPES[finetuning]:
+        names = [k for k, v in PEFT_TYPES.items() if v == kind]
+        raise UserError(
+            f"{adapter} is a {kind} adapter, and --finetuning is {finetuning}: use --finetuning "
+            f"{' or '.join(names) or 'matching its kind'}, or start without --adapter"
+        )
 
 
 def load_unsloth(
     model_path: str,
     model_args: ModelArgs,
-    lora: LoraArgs,
+    lora: AdapterArgs,
     device: Device,
     seed: int,
     adapter: str | None = None,
@@ -176,7 +223,7 @@ def cpu_substitutions(model_args: ModelArgs, optim: str, device: Device) -> dict
         return {}
     changes = {}
     if model_args.load_in_4bit:
-        changes["load_in_4bit"] = (True, False)  # bitsandbytes 4-bit backward is not trustworthy on CPU
+        changes["finetuning"] = ("qlora", "lora")  # bitsandbytes 4-bit backward is not trustworthy on CPU
     if "8bit" in optim:
         changes["optim"] = (optim, "adamw_torch")
     if model_args.gradient_checkpointing:

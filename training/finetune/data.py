@@ -192,9 +192,11 @@ def prepare(
     num_proc: int | None = None,
     converter: Callable[..., tuple[Dataset, Counter]] = convert,
     expected: Callable[[], str] = _expected,
+    eval_max_rows: int = 0,
 ) -> Prepared:
     """Load, convert, mix and split; fail before any model is loaded if nothing usable is left.
-    `converter` / `expected`: the row conversion and its formats (instruction rows by default)."""
+    `converter` / `expected`: the row conversion and its formats (instruction rows by default).
+    `eval_max_rows`: evaluate on at most this many held-out rows (the rest stay held out, unused)."""
     formats = formats or ["auto"]
     weights = weights or [1.0]
     if len(formats) == 1:
@@ -235,5 +237,8 @@ def prepare(
         mixed = mixed.select(range(min(max_rows, len(mixed))))
     if eval_fraction and len(mixed) >= 2:
         split_sets = mixed.train_test_split(test_size=eval_fraction, seed=seed)
-        return Prepared(split_sets["train"], split_sets["test"], dropped, sources)
+        held_out = split_sets["test"]  # already in a seeded random order: its first rows are a fixed sample
+        if eval_max_rows and len(held_out) > eval_max_rows:
+            held_out = held_out.select(range(eval_max_rows))
+        return Prepared(split_sets["train"], held_out, dropped, sources)
     return Prepared(mixed, None, dropped, sources)

@@ -164,7 +164,7 @@ def check(dist: Dist, backend: str, load_in_4bit: bool) -> None:
     """Refuse combinations the libraries do not support, saying what to use instead."""
     strategy = STRATEGIES[dist.strategy]
     if load_in_4bit and not strategy.qlora:
-        raise UserError(f"QLoRA (load_in_4bit) does not work with {dist.strategy}: {strategy.why_not}.")
+        raise UserError(f"QLoRA (finetuning qlora) does not work with {dist.strategy}: {strategy.why_not}.")
     if dist.processes > 1 and backend in SINGLE_PROCESS_BACKENDS:
         raise UserError(
             f"backend {backend} runs in one process; with {dist.processes} processes use --backend peft "

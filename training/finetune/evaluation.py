@@ -653,11 +653,14 @@ def card_section(report: dict) -> str:
 def evaluate_run(adapter_dir: Path, run_dir: Path, config: str | None) -> dict | None:
     """Evaluate a just-trained adapter on its held-out split into `run_dir/evaluation` and add the table
     to its model card. Whatever goes wrong, the adapter is kept and the card says how to run it again."""
+    from .run import saved_recipe
+
+    overrides = dict(adapter=str(adapter_dir), output_dir=str(run_dir / "evaluation"), overwrite=True)
+    if not (adapter_dir / "adapter_config.json").is_file():  # a full fine-tune names its base in its recipe
+        overrides["base"] = (saved_recipe(adapter_dir) or {}).get("base_model_id")
     try:
         # A fresh adapter: results from an earlier run in the same folder are not resumed.
-        report, _ = evaluate(
-            eval_args_from(config, adapter=str(adapter_dir), output_dir=str(run_dir / "evaluation"), overwrite=True)
-        )
+        report, _ = evaluate(eval_args_from(config, **overrides))
         section = card_section(report)
     except Exception as err:  # noqa: BLE001 - never lose a trained adapter to a failed evaluation
         log.warning("evaluation failed (%s: %s); the adapter is kept", type(err).__name__, err)

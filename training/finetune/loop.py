@@ -1,10 +1,13 @@
 """The trainer: trl's SFTTrainer on pre-tokenized data, plus what a long run needs — resume from
-the newest checkpoint, a NaN/inf guard that keeps the last good checkpoint, early stopping."""
+the newest checkpoint, a NaN/inf guard that keeps the last good checkpoint, early stopping, a
+checkpoint at every evaluation (so the best one can be kept), an ETA that counts evaluations, and
+a sample reply at each evaluation."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback, TrainerCallback
@@ -50,6 +53,7 @@ def trainer_kwargs(
     """The training arguments every method shares (trl's SFT, DPO and ORPO configs all take them)."""
     evaluating = has_eval and train.eval_steps > 0
     early = bool(train.early_stopping_patience) and evaluating
+    min_lr = {"min_lr_rate": train.min_lr_ratio} if train.lr_scheduler_type == "cosine_with_min_lr" else {}
     several = dict(MULTI_PROCESS) if processes > 1 else {}
     if processes > 1 and gradient_checkpointing:
         several["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
@@ -59,8 +63,9 @@ def trainer_kwargs(
         per_device_eval_batch_size=train.per_device_train_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         learning_rate=train.learning_rate,
-        warmup_steps=train.warmup_steps,
+        warmup_steps=train.warmup_ratio or train.warmup_steps,  # transformers reads a value below 1 as a ratio
         lr_scheduler_type=train.lr_scheduler_type,
+        lr_scheduler_kwargs=min_lr,
         optim=optim,
         weight_decay=train.weight_decay,
         num_train_epochs=train.num_train_epochs,
@@ -75,18 +80,130 @@ def trainer_kwargs(
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
         load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
+        # tracked whenever there is an eval: the trainer then keeps the best checkpoint through rotation
+        metric_for_best_model="eval_loss" if evaluating else None,
+        greater_is_better=False if evaluating else None,
         bf16=device.compute_dtype == "bfloat16",  # on a CPU: autocast, the weights stay fp32
         fp16=device.compute_dtype == "float16",
         use_cpu=device.kind == "cpu",
         gradient_checkpointing=gradient_checkpointing,
-        report_to="none",  # TensorBoard is attached in build_trainer, writing to run_dir/logs
+        report_to=list(train.report_to) or "none",  # TensorBoard is attached in callbacks(), writing to run_dir/logs
+        run_name=run_dir.name,
+        **({"project": "finch"} if "trackio" in train.report_to else {}),
         include_num_input_tokens_seen=True,
         remove_unused_columns=False,
         disable_tqdm=False,
         **several,
     )
+
+
+class CheckpointEachEval(TrainerCallback):
+    """Save a checkpoint at every evaluation during training, so the step with the lowest eval loss
+    is on disk (transformers names it best_model_checkpoint and spares it from rotation)."""
+
+    def __init__(self):
+        self.training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.training:
+            control.should_save = True
+
+
+class Eta(TrainerCallback):
+    """After the first steps: the time left for the whole run, evaluations included, logged and shown
+    on the progress bar. Before the first evaluation its cost comes from the plan's ratio (an eval of
+    `eval_cost_in_steps` steps' compute); after it, from the measured time."""
+
+    def __init__(self, eval_every: int, eval_cost_in_steps: float, final_eval: bool, first_after: int = 3):
+        self.eval_every, self.eval_cost_in_steps, self.final_eval = eval_every, eval_cost_in_steps, final_eval
+        self.first_after = first_after
+        self.progress = None  # transformers' ProgressCallback, whose bar shows the ETA (set by train.py)
+        self.eval_seconds: list[float] = []
+        self.reported: set[str] = set()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.start_step, self.step_done = time.perf_counter(), state.global_step, time.perf_counter()
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_done = time.perf_counter()
+        if state.global_step - self.start_step >= self.first_after:
+            self.update(state, "first steps")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if getattr(self, "training", False) and state.global_step > self.start_step:
+            self.eval_seconds.append(time.perf_counter() - self.step_done)
+            self.update(state, "first evaluation")
+
+    def estimate(self, state) -> dict:
+        """Seconds per step (evaluations taken out), per evaluation, left, and for the training loop in all."""
+        done = state.global_step - self.start_step
+        elapsed = time.perf_counter() - self.started
+        per_step = (elapsed - sum(self.eval_seconds)) / max(done, 1)
+        per_eval = (
+            sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds else per_step * self.eval_cost_in_steps
+        )
+        evals_left = state.max_steps // self.eval_every - state.global_step // self.eval_every if self.eval_every else 0
+        in_loop = (state.max_steps - state.global_step) * per_step + evals_left * per_eval
+        left = in_loop + (per_eval if self.final_eval else 0)
+        return {
+            "per_step": per_step,
+            "per_eval": per_eval,
+            "evals_left": evals_left,
+            "left": left,
+            "loop": elapsed + in_loop,
+        }
+
+    def update(self, state, when: str) -> None:
+        if not state.is_world_process_zero:
+            return
+        e = self.estimate(state)
+        finish = time.strftime("%H:%M", time.localtime(time.time() + e["left"]))
+        bar = getattr(self.progress, "training_bar", None)
+        if bar is not None:
+            bar.set_postfix_str(f"ETA {e['left'] / 60:.1f} min, done ~{finish}, {e['evals_left']} evals left")
+        if when not in self.reported:
+            self.reported.add(when)
+            log.info(
+                "ETA after the %s (step %d/%d): %.0f s left, done at about %s; %.2f s per step, %.1f s per "
+                "evaluation, %d evaluations left; training loop %.0f s in all",
+                when,
+                state.global_step,
+                state.max_steps,
+                e["left"],
+                finish,
+                e["per_step"],
+                e["per_eval"],
+                e["evals_left"],
+                e["loop"],
+            )
+
+
+class SamplesAtEval(TrainerCallback):
+    """At each evaluation during training, log the greedy replies to a few prompts (a few tokens each),
+    to watch the model learn."""
+
+    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int):
+        self.tokenizer, self.prompts, self.max_new_tokens = tokenizer, prompts, max_new_tokens
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not self.prompts or model is None or not state.is_world_process_zero or state.global_step == 0:
+            return
+        from .report import replies
+
+        was_training = model.training
+        for prompt, reply in zip(self.prompts, replies(model, self.tokenizer, self.prompts, self.max_new_tokens)):
+            log.info("sample at step %d: %r -> %r", state.global_step, prompt, reply)
+        model.train(was_training)
 
 
 def sft_config(
@@ -115,7 +232,7 @@ def callbacks(patience: int, has_eval: bool, log_dir: Path) -> tuple[NanGuard, l
     guard = NanGuard()  # runs in every process: the logged loss is averaged over all, so all stop together
     board = TensorBoardCallback()  # opens its writer in the main process only, when it first logs
     board.logging_dir = str(log_dir)  # (also for the eval after training, which it would put in checkpoints/runs)
-    return guard, [guard, board] + (
+    return guard, [guard, board, CheckpointEachEval()] + (
         [EarlyStoppingCallback(early_stopping_patience=patience)] if patience and has_eval else []
     )
 

@@ -43,6 +43,7 @@ def prepare_sft(data_args: DataArgs, seed: int) -> data.Prepared:
         data_args.max_rows,
         data_args.dataset_split,
         data_args.num_proc,
+        eval_max_rows=data_args.eval_max_rows,
     )
 
 
@@ -58,6 +59,7 @@ def prepare_pairs(data_args: DataArgs, seed: int) -> data.Prepared:
         data_args.num_proc,
         converter=preference.convert,
         expected=preference.expected,
+        eval_max_rows=data_args.eval_max_rows,
     )
 
 
@@ -155,7 +157,9 @@ def base_eval(run_dir: Path, trainer) -> dict:
     path = run_dir / "base_eval.json"
     if path.is_file():
         return json.loads(path.read_text())
-    with trainer.model.disable_adapter():
+    from .run import base_view
+
+    with base_view(trainer.model):
         found = trainer.evaluate(metric_key_prefix="base")
     # trl's preference trainers name their metrics eval_* whatever the prefix
     result = {k.removeprefix("base_").removeprefix("eval_"): v for k, v in found.items() if isinstance(v, (int, float))}

@@ -4,7 +4,6 @@ samples and a model card. Also the upload of that folder."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -16,6 +15,7 @@ from pathlib import Path
 from chat_runtime.errors import UserError
 from chat_runtime.templating import render
 
+from .config import FINETUNING
 from .run import save_recipe
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CARD = """
 # {name}
 
-A LoRA adapter for [{base}]({base_link}) trained with Finch (`python training/train.py`).
+{what} of [{base}]({base_link}) trained with Finch (`python training/train.py`, `--finetuning {finetuning}`).
 
 ## Data
 {data}
@@ -44,7 +44,10 @@ A LoRA adapter for [{base}]({base_link}) trained with Finch (`python training/tr
 {samples}
 
 {fidelity}
-## Use it
+{use}"""
+
+
+USE_ADAPTER = """## Use it
 In a Finch Space or locally: `FINCH_ADAPTER={repo} python chatbot_app/app.py` (the base is read from
 `adapter_config.json`).
 
@@ -55,10 +58,42 @@ from transformers import AutoTokenizer
 model = AutoPeftModelForCausalLM.from_pretrained("{repo}")
 tokenizer = AutoTokenizer.from_pretrained("{repo}")
 ```
+"""
+USE_MODEL = """## Use it
+A whole model (safetensors, with its tokenizer and chat template): in a Finch Space or locally
+`FINCH_MODEL={repo} python chatbot_app/app.py`; an inference server takes the folder as it is
+(`vllm serve {repo}`).
 
+With transformers:
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{repo}")
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+```
+"""
+GGUF_FROM_ADAPTER = """
 On your CPU through llama.cpp: `python gguf/export.py --adapter {repo} --quant q4_k_m`, then
 `python gguf/chat.py --gguf <the .gguf file>`.
 """
+GGUF_FROM_MODEL = """
+On your CPU through llama.cpp: `python gguf/export.py --model {repo} --quant q4_k_m`, then
+`python gguf/chat.py --gguf <the .gguf file>`.
+"""
+NO_GGUF = """
+**No GGUF form.** llama.cpp has no {what}: its virtual tokens live in every attention layer (prefix
+tuning) or before the input embeddings (p-tuning), outside the weights a GGUF holds, and they cannot be
+merged into them. Serve it with transformers (above: a Finch Space, or `FINCH_ADAPTER` on a CPU); for
+llama.cpp, train with `--finetuning lora` or `full`.
+"""
+
+
+def use_section(finetuning: str, repo: str) -> str:
+    """How to load and serve the artifact, by what the run trained."""
+    kind = FINETUNING[finetuning]
+    use = (USE_MODEL if kind.folder == "model" else USE_ADAPTER).format(repo=repo)
+    if not kind.gguf:
+        return use + NO_GGUF.format(what=kind.what.removeprefix("a "))
+    return use + (GGUF_FROM_MODEL if kind.folder == "model" else GGUF_FROM_ADAPTER).format(repo=repo)
 
 
 def eval_metrics(loss: float | None, pairs: bool = False) -> dict:
@@ -70,31 +105,66 @@ def eval_metrics(loss: float | None, pairs: bool = False) -> dict:
     )
 
 
-def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy replies of the base (adapter disabled) and the fine-tune to the same prompts."""
+def _greedy_reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     import torch
+
+    text = render(
+        tokenizer.chat_template,
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        special_tokens=tokenizer.special_tokens_map,
+    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy replies of the model as it stands (leaves it in eval mode)."""
+    model.eval()
+    return [_greedy_reply(model, tokenizer, p, max_new_tokens) for p in prompts]
+
+
+def base_replies(run_dir: Path, model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """The base's greedy replies, made before training (a full fine-tune has no adapter to switch
+    off afterwards) and kept for resumes in base_samples.json."""
+    path = run_dir / "base_samples.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    made = replies(model, tokenizer, prompts, max_new_tokens)
+    model.train()
+    path.write_text(json.dumps(made, ensure_ascii=False))
+    return made
+
+
+def generate_samples(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, base: list[str] | None = None
+) -> list[dict]:
+    """Greedy replies of the base (adapter disabled, or `base`: replies made before training) and
+    the fine-tune to the same prompts."""
+    from .run import base_view
 
     rows = []
     model.eval()
-    for prompt in prompts:
-        text = render(
-            tokenizer.chat_template,
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            special_tokens=tokenizer.special_tokens_map,
+    for i, prompt in enumerate(prompts):
+        if base is None:
+            with base_view(model):
+                base_reply = _greedy_reply(model, tokenizer, prompt, max_new_tokens)
+        else:
+            base_reply = base[i]
+        rows.append(
+            {
+                "prompt": prompt,
+                "base": base_reply,
+                "fine_tuned": _greedy_reply(model, tokenizer, prompt, max_new_tokens),
+            }
         )
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
-        replies = {}
-        for name, adapter_off in (("base", model.disable_adapter()), ("fine_tuned", contextlib.nullcontext())):
-            with torch.inference_mode(), adapter_off:
-                out = model.generate(
-                    **ids,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                )
-            replies[name] = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        rows.append({"prompt": prompt, **replies})
     return rows
 
 
@@ -153,17 +223,20 @@ def _table(rows: dict) -> str:
 
 
 def check_fidelity(folder: Path, quants: list[str], work_dir: Path) -> tuple[str, dict | None]:
-    """gguf/verify.py's report on the adapter in `folder` (card section, JSON), or why it could not run.
+    """gguf/verify.py's report on the adapter or model in `folder` (card section, JSON), or why it
+    could not run.
 
     The fidelity check follows hours of training: whatever goes wrong in it, the adapter is kept
     and the card says how to run the check again."""
-    from gguf_export.verify import verify_adapter
+    from gguf_export.verify import verify_adapter, verify_model
 
+    adapter = (folder / "adapter_config.json").is_file()
     try:
-        report = verify_adapter(folder, quants=quants, work_dir=work_dir)
+        report = (verify_adapter if adapter else verify_model)(folder, quants=quants, work_dir=work_dir)
     except Exception as err:  # noqa: BLE001 - never lose a trained adapter to a failed check
-        log.warning("fidelity check failed (%s: %s); the adapter is kept", type(err).__name__, err)
-        return ("## Fidelity\n\nNot checked in this run. Run `python gguf/verify.py --adapter <this folder>`.\n", None)
+        log.warning("fidelity check failed (%s: %s); the run's output is kept", type(err).__name__, err)
+        option = "--adapter" if adapter else "--model"
+        return (f"## Fidelity\n\nNot checked in this run. Run `python gguf/verify.py {option} <this folder>`.\n", None)
     log.info("fidelity:\n%s", report.table())
     return report.markdown(), report.to_json()
 
@@ -182,18 +255,22 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fide
         f"- `{d}` ({s['usable']} usable of {s['rows']} rows, weight {s['weight']})"
         for d, s in zip(recipe["dataset"], metrics.get("sources", []))
     )
+    finetuning = recipe.get("finetuning", "lora")
     keys = (
+        "finetuning",
         "lora_r",
         "lora_alpha",
         "lora_dropout",
         "lora_target_modules",
         "max_seq_length",
-        "load_in_4bit",
+        "num_virtual_tokens",
         "per_device_train_batch_size",
         "gradient_accumulation_steps",
         "learning_rate",
         "lr_scheduler_type",
         "warmup_steps",
+        "warmup_ratio",
+        "min_lr_ratio",
         "optim",
         "weight_decay",
         "num_train_epochs",
@@ -203,13 +280,15 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fide
         "processes",
         "global_batch_size",
     )
-    shown = {k: recipe[k] for k in keys if k in recipe}
+    reads = FINETUNING[finetuning].reads
+    shown = {k: recipe[k] for k in keys if k in recipe and (k in reads or not k.startswith(("lora_", "num_virtual")))}
     results = {
         "base eval loss": metrics.get("base_eval", {}).get("loss"),
         "fine-tuned eval loss": metrics.get("eval", {}).get("loss"),
         "fine-tuned eval perplexity": metrics.get("eval", {}).get("perplexity"),
         "final train loss": metrics.get("final_train_loss"),
         "steps": metrics.get("global_step"),
+        "adapter holds": metrics.get("adapter_checkpoint", {}).get("text"),
         "train tokens/s": metrics.get("tokens_per_second"),
         "device": metrics.get("device"),
         **preference_rows(metrics.get("preference", {})),
@@ -218,16 +297,18 @@ def model_card(recipe: dict, metrics: dict, samples: list[dict], repo: str, fide
     local = Path(base).exists()
     card_data = ModelCardData(
         base_model=None if local else base,
-        library_name="peft",
+        library_name="transformers" if FINETUNING[finetuning].folder == "model" else "peft",
         datasets=datasets or None,
-        tags=["finch", "lora", recipe.get("method", "sft")],
+        tags=["finch", finetuning, recipe.get("method", "sft")],
         license=None,
     )
     body = CARD.format(
         name=repo.split("/")[-1],
+        what=FINETUNING[finetuning].what.capitalize(),
+        finetuning=finetuning,
+        use=use_section(finetuning, repo),
         base=base,
         base_link=Path(base).as_uri() if local else f"https://huggingface.co/{base}",
-        repo=repo,
         data=data or "-",
         hparams=_table(shown),
         metrics=_table(results),
@@ -249,17 +330,21 @@ def save_artifact(
     verify_quants: list[str] | None = None,
     state_dict: dict | None = None,
 ) -> Path:
-    """Write `run_dir/adapter` whole or not at all (a temp folder renamed into place).
+    """Write `run_dir/adapter` (or `run_dir/model`, a full fine-tune) whole or not at all (a temp
+    folder renamed into place).
 
-    With `verify_quants`, the fidelity check runs on the saved adapter before the folder is final,
-    so the card that arrives already holds its report. `state_dict`: the gathered weights when
-    they were sharded across processes (peft keeps the adapter's)."""
-    final = run_dir / "adapter"
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run_dir))
+    With `verify_quants`, the fidelity check runs on the saved adapter or model before the folder is
+    final, so the card that arrives already holds its report (a prefix or p-tuning adapter has no GGUF
+    form to check). `state_dict`: the gathered weights when they were sharded across processes (peft
+    keeps the adapter's)."""
+    kind = FINETUNING[recipe.get("finetuning", "lora")]
+    final = run_dir / kind.folder
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind.folder}-", dir=run_dir))
     try:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        fidelity, fidelity_json = check_fidelity(tmp, verify_quants, run_dir) if verify_quants else ("", None)
+        checked = verify_quants and kind.gguf
+        fidelity, fidelity_json = check_fidelity(tmp, verify_quants, run_dir) if checked else ("", None)
         if fidelity_json:
             (tmp / "fidelity.json").write_text(json.dumps(fidelity_json, indent=1, ensure_ascii=False))
             metrics["fidelity"] = fidelity_json["summary"]
@@ -269,7 +354,7 @@ def save_artifact(
         plot_losses(log_history, tmp / "loss.png")
         model_card(recipe, metrics, samples, repo_hint, fidelity).save(tmp / "README.md")
         if final.exists():
-            old = run_dir / ".adapter-old"
+            old = run_dir / f".{kind.folder}-old"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             shutil.rmtree(old, ignore_errors=True)
@@ -280,7 +365,8 @@ def save_artifact(
 
 
 def push(folder: Path, repo_id: str, private: bool) -> str:
-    """Upload the adapter folder; on failure the local run stays whole and the message says why."""
+    """Upload the run's adapter or model folder; on failure the local run stays whole and the message
+    says why."""
     from huggingface_hub import HfApi
 
     from chat_runtime.hub import describe_error, hub_token
@@ -289,7 +375,7 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload Finch LoRA adapter")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=f"Upload Finch {folder.name}")
     except Exception as err:
         raise UserError(
             f"Push to {repo_id} failed ({describe_error(err, token)}). The run is complete at {folder}; "

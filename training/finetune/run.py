@@ -3,6 +3,7 @@ run, and whether the folder can hold what training will write."""
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import uuid
@@ -41,6 +42,18 @@ def ensure_space(run_dir: Path, trainable_params: int, checkpoints_kept: int) ->
         )
 
 
+def tracker_env(run_dir: Path, trackers: list[str]) -> None:
+    """Trackers write under run_dir/logs and stay offline unless the environment says otherwise: wandb
+    offline (`wandb sync` uploads later), trackio local (`trackio show` opens it). Keys stay in the
+    environment, never in a file."""
+    if "wandb" in trackers:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(run_dir / "logs"))
+        os.environ.setdefault("WANDB_PROJECT", "finch")
+    if "trackio" in trackers:
+        os.environ.setdefault("TRACKIO_DIR", str(run_dir / "logs" / "trackio"))
+
+
 def saved_recipe(run_dir: Path) -> dict | None:
     path = run_dir / RECIPE_FILE
     return yaml.safe_load(path.read_text()) if path.is_file() else None
@@ -76,6 +89,16 @@ def peak_memory_mb(device_kind: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def base_view(model):
+    """A context in which `model` answers as its base: the adapter switched off, or (a full
+    fine-tune, no adapter) the model as it is, which is the base only until training starts."""
+    import contextlib
+
+    from peft import PeftModel
+
+    return model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+
+
 def base_eval(run_dir: Path, trainer) -> float:
     """Eval loss of the untouched base (LoRA starts as a no-op), measured once and kept for resumes.
     Every process evaluates its share; the main process keeps the file."""
@@ -84,7 +107,7 @@ def base_eval(run_dir: Path, trainer) -> float:
     path = run_dir / "base_eval.json"
     if path.is_file():
         return json.loads(path.read_text())["eval_loss"]
-    with trainer.model.disable_adapter():
+    with base_view(trainer.model):  # before training, so a full fine-tune is its base here
         loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
     if trainer.is_world_process_zero():
         path.write_text(json.dumps({"eval_loss": loss}))
@@ -95,6 +118,11 @@ def fidelity_line(rows: list[dict]) -> str:
     """'merged 100%, gguf-f16 100%, ... agree with peft; EOS 10/10' from gguf/verify.py's summary rows."""
     agree = ", ".join(f"{r['hop']} {100 * r['vs_reference']:.0f}%" for r in rows[1:])
     return f"{agree} of prompts agree with the adapter (first tokens); replies ending with EOS {100 * rows[0]['ended_with_eos']:.0f}%"
+
+
+def chat_variable(artifact: Path) -> str:
+    """The chatbot's variable for a run's artifact: FINCH_ADAPTER for an adapter, FINCH_MODEL for a model."""
+    return "FINCH_ADAPTER" if (artifact / "adapter_config.json").is_file() else "FINCH_MODEL"
 
 
 def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: float, pushed: str | None) -> None:
@@ -116,7 +144,7 @@ def print_summary(metrics: dict, adapter_dir: Path, run_dir: Path, seconds: floa
         else "",
         f"  dropped rows    {metrics['dropped'] or 'none'}",
         f"  fidelity        {fidelity_line(metrics['fidelity'])}" if metrics.get("fidelity") else "",
-        f"  adapter         {adapter_dir}  (chat: FINCH_ADAPTER={adapter_dir} python chatbot_app/app.py)",
+        f"  {adapter_dir.name:<15} {adapter_dir}  (chat: {chat_variable(adapter_dir)}={adapter_dir} python chatbot_app/app.py)",
         f"  logs            {run_dir / 'logs'}  (tensorboard --logdir {run_dir / 'logs'})",
         f"  pushed          {pushed}" if pushed else "",
     ]

@@ -20,9 +20,13 @@ from ..templating import Message, encode, render, segments
 
 log = logging.getLogger(__name__)
 
+# Prompts whose starting position is remembered (for an exact Retry); the oldest is forgotten first.
+PROMPT_STARTS_KEPT = 256
+
 
 class LlamaCppEngine:
-    """One llama.cpp context; generations take turns on it (it is not thread-safe)."""
+    """One llama.cpp context; generations take turns on it (it is not thread-safe), each starting from
+    the prefix of the conversation already in its KV cache."""
 
     name = "llamacpp"
 
@@ -56,6 +60,7 @@ class LlamaCppEngine:
         self.special_texts = self._control_texts()
         self.system_role = families.system_role(self.template)
         self._lock = threading.Lock()
+        self._starts: dict[int, int] = {}  # prompt -> the cache position its first evaluation started from
         self.label = f"{spec.label} · llama.cpp · CPU"
         # Refuse a template-less GGUF now rather than at the first message.
         render(
@@ -84,6 +89,34 @@ class LlamaCppEngine:
         )
         return encode(parts, lambda text: self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))[0]
 
+    def _start_from_cache(self, prompt_ids: list[int]) -> None:
+        """Keep the KV cache's prefix that this prompt shares with the last one evaluated, so a
+        follow-up turn evaluates only what is new (the last reply and the new message), not the
+        whole conversation again.
+
+        A prompt seen before restarts from the same position as the first time, so its remaining
+        tokens are evaluated in the same batches over the same cached prefix and temperature 0
+        repeats exactly (Retry). llama-cpp-python's own reuse would, for a prompt cached whole,
+        re-evaluate just its last token, alone, whose slightly different numerics can flip a greedy
+        choice."""
+        import numpy as np
+
+        llm = self.llm
+        upto = min(llm.n_tokens, len(prompt_ids))
+        differ = np.flatnonzero(llm.input_ids[:upto] != np.asarray(prompt_ids[:upto], dtype=llm.input_ids.dtype))
+        shared = int(differ[0]) if len(differ) else upto
+        key = hash(tuple(prompt_ids))
+        start = self._starts.pop(key, None)
+        if start is None or start > shared:
+            start = min(shared, len(prompt_ids) - 1)  # at least one token to evaluate: its logits come next
+        self._starts[key] = start
+        while len(self._starts) > PROMPT_STARTS_KEPT:
+            self._starts.pop(next(iter(self._starts)))
+        if start == 0:
+            llm.reset()
+        else:
+            llm.n_tokens = start  # llama-cpp-python keeps this prefix and drops the rest of the KV cache
+
     @staticmethod
     def _grammar(gbnf: str | None):
         """llama.cpp's own GBNF grammar sampler for a constrained reply (None: free text)."""
@@ -96,10 +129,7 @@ class LlamaCppEngine:
     def stream(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
         """Yield text as llama.cpp decodes it; checks `cancel` between tokens."""
         with self._lock:
-            # Evaluate the whole prompt afresh: reusing the previous reply's KV prefix re-evaluates
-            # only the last token, in a batch of one, whose slightly different numerics can flip a
-            # greedy choice, so temperature 0 would not repeat itself.
-            self.llm.reset()
+            self._start_from_cache(prompt_ids)
             chunks = self.llm.create_completion(
                 grammar=self._grammar(params.grammar),
                 prompt=prompt_ids,

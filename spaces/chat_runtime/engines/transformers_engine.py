@@ -16,6 +16,10 @@ from ..params import GenerationParams
 from ..precision import bnb_config, pick_dtype_name
 from ..spec import ModelSpec, require_safetensors
 from ..templating import Message, encode, segments
+from ..zerogpu import gpu_task, on_zero_gpu, prepare
+
+# ZeroGPU's GPUs (A100 / H200 slices) run bf16; none is attached at start-up to ask.
+ZERO_GPU_CAPABILITY = (8, 0)
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +30,15 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, spec: ModelSpec):
+        prepare()  # on ZeroGPU, `spaces` before torch's CUDA
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        capability = torch.cuda.get_device_capability() if self.device == "cuda" else None
+        if self.device == "cuda":
+            capability = ZERO_GPU_CAPABILITY if on_zero_gpu() else torch.cuda.get_device_capability()
+        else:
+            capability = None
         dtype_name = pick_dtype_name(self.device, capability)
         if spec.load_in_4bit and self.device != "cuda":
             raise ValueError("4-bit loading (FINCH_LOAD_IN_4BIT) needs a CUDA GPU; unset it to run on CPU")
@@ -68,6 +76,8 @@ class TransformersEngine:
         quant = "4-bit" if spec.load_in_4bit else dtype_name
         self.label = f"{spec.label} · transformers · {self.device} {quant}"
         self._grammar_compiler = None  # xgrammar's, made at the first constrained reply
+        # On ZeroGPU a reply's GPU work runs under @spaces.GPU, which streams the pieces back.
+        self.stream = gpu_task(self.stream)
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Token ids by the tokenizer's chat template (specials are in the text, none added)."""
