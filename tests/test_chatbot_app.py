@@ -56,6 +56,29 @@ def last_bot_text(page):
     return bots.nth(bots.count() - 1).inner_text() if bots.count() else ""
 
 
+def wait_replies(page, count, timeout=90_000):
+    """Wait until the page shows `count` replies and the last has finished streaming. (Waiting a
+    fixed time for a reply to start, then for the submit button, raced a slow start.)"""
+    page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length >= {count}", timeout=timeout)
+    wait_idle(page, timeout)
+
+
+def eventually(read, expected, timeout=30.0):
+    """Poll `read()` until it returns `expected` (the page shows what the runtime produced a moment
+    after the runtime is done); return the last value read, for the test to assert on."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
+
+
+def saved_chat(page, first_message):
+    """A past conversation in the list beside the chat (a grid of the saved conversations)."""
+    return page.get_by_role("gridcell").filter(has_text=first_message).first
+
+
 def test_a_reply_streams_into_the_page(chatbot, page):
     module, url = chatbot
     open_chat(page, url)
@@ -88,7 +111,7 @@ def test_max_new_tokens_caps_the_reply(chatbot, page):
     assert 1 <= len(ids) <= 6
 
 
-def test_temperature_zero_repeats_itself_exactly_on_retry(chatbot, page, monkeypatch):
+def test_temperature_zero_repeats_itself_exactly_on_retry(chatbot, page, monkeypatch, wait_until_idle):
     module, url = chatbot
     engine = module.service.engine
     calls = []
@@ -102,11 +125,12 @@ def test_temperature_zero_repeats_itself_exactly_on_retry(chatbot, page, monkeyp
     wait_idle(page)
     first = last_bot_text(page)
     page.get_by_label("Retry").click()
-    page.wait_for_timeout(300)
+    assert eventually(lambda: len(calls), 2) == 2  # the retry reached the model...
+    wait_until_idle(module.service, 60)  # ...and its reply is done
     wait_idle(page)
     assert page.locator(BOT).count() == 1
-    assert len(calls) == 2 and calls[0] == calls[1] and calls[0][1].temperature == 0
-    assert last_bot_text(page) == first and first.strip()
+    assert calls[0] == calls[1] and calls[0][1].temperature == 0
+    assert eventually(lambda: last_bot_text(page), first) == first and first.strip()
 
 
 def test_stop_halts_a_long_reply_and_frees_the_model(chatbot, page, wait_until_idle):
@@ -135,10 +159,9 @@ def test_undo_and_clear(chatbot, page):
     _, url = chatbot
     open_chat(page, url)
     set_setting(page, "Max new tokens", 8)
-    for text in ("Hello!", "How are you?"):
+    for count, text in enumerate(("Hello!", "How are you?"), start=1):
         send(page, text)
-        page.wait_for_timeout(200)
-        wait_idle(page)
+        wait_replies(page, count)
     assert page.locator(BOT).count() == 2
     page.get_by_label("Undo").last.click()
     page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 1")
@@ -146,8 +169,14 @@ def test_undo_and_clear(chatbot, page):
     page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length == 0")
 
 
-def test_an_example_prompt_is_answered_and_an_edited_message_is_answered_anew(chatbot, page, wait_until_idle):
+def test_an_example_prompt_is_answered_and_an_edited_message_is_answered_anew(
+    chatbot, page, wait_until_idle, monkeypatch
+):
     module, url = chatbot
+    engine = module.service.engine
+    calls = []
+    real_stream = engine.stream
+    monkeypatch.setattr(engine, "stream", lambda ids, p, c: (calls.append(ids), real_stream(ids, p, c))[1])
     open_chat(page, url)
     set_setting(page, "Temperature", 0)
     set_setting(page, "Max new tokens", 24)
@@ -163,9 +192,8 @@ def test_an_example_prompt_is_answered_and_an_edited_message_is_answered_anew(ch
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-testid=user]')].some(e => e.innerText.includes('Italy'))"
     )
-    page.locator(BOT).first.wait_for()
-    wait_until_idle(module.service, 60)  # an edit's reply leaves the textbox's submit button showing throughout
-    page.wait_for_timeout(500)  # the last streamed piece reaches the page
+    assert eventually(lambda: len(calls), 2) == 2  # the edited question reached the model...
+    wait_until_idle(module.service, 60)  # ...and its reply is done (an edit's reply leaves the submit button showing)
     users = page.locator("[data-testid=user]")
     assert users.count() == 1 and users.first.inner_text().strip() == "What is the capital of Italy?"
     # The new reply is the one this question gets alone, in a fresh chat, with the page's settings.
@@ -179,7 +207,8 @@ def test_an_example_prompt_is_answered_and_an_edited_message_is_answered_anew(ch
             GenerationParams(temperature=0, max_new_tokens=24),
         )
     )[-1].text
-    assert page.locator(BOT).count() == 1 and last_bot_text(page).strip() == alone.strip()
+    assert page.locator(BOT).count() == 1
+    assert eventually(lambda: last_bot_text(page).strip(), alone.strip()) == alone.strip()
 
 
 def test_a_conversation_longer_than_the_context_is_answered_with_the_system_prompt_kept(chatbot, page, monkeypatch):
@@ -331,8 +360,7 @@ def test_the_page_refuses_blank_and_huge_messages_and_answers_every_script(chatb
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-testid=user]')].some(e => e.innerText.includes('ನಮಸ್ಕಾರ'))"
     )
-    page.wait_for_timeout(300)
-    wait_idle(page)
+    wait_replies(page, 1)
     assert page.locator(BOT).count() == 1 and last_bot_text(page).strip()
 
 
@@ -374,12 +402,15 @@ def test_past_conversations_stay_in_the_browser_across_a_reload(chatbot, page, w
     wait_until_idle(module.service)
     reply = last_bot_text(page)
     assert reply
+    # Gradio saves the conversation in events chained after the reply's end, and lists it beside the
+    # chat once saved: reloading before that would lose it, as it would for a user.
+    saved_chat(page, question).wait_for()
     page.reload()
     page.locator(CHAT_INPUT).wait_for()
     assert page.locator(BOT).count() == 0  # a reload opens a new chat...
-    past = page.get_by_text(question, exact=False).first
+    past = saved_chat(page, question)
     past.wait_for()  # ...and lists the earlier one, kept in this browser's local storage
     past.click()
     page.locator(BOT).first.wait_for()
     assert page.locator("[data-testid=user]").first.inner_text().strip() == question
-    assert last_bot_text(page) == reply
+    assert eventually(lambda: last_bot_text(page), reply) == reply
