@@ -171,16 +171,6 @@ def test_each_family_has_a_recipe_that_parses_headed_by_its_command(repo_root, f
         assert margs.model.split("/")[0] in ("Qwen", "google", "microsoft", "mistralai", "HuggingFaceTB", "meta-llama")
 
 
-# Phi-3's control tokens strip the whitespace after them when a whole prompt is tokenized at once
-# (llama.cpp's rule for Phi-3, and its tokenizer.json), so llama.cpp's own rendering of the template
-# drops the "\n" after each <|end|>, while training and both engines, which tokenize turn by turn,
-# keep it. The engines agree with training; the whole-prompt rendering (an inference server) does not.
-PHI_DRIFT = pytest.mark.xfail(
-    strict=True, reason="a whole-prompt rendering strips the newline after Phi-3 control tokens"
-)
-E2E_FAMILIES = [pytest.param(name, marks=PHI_DRIFT) if name == "phi3.5" else name for name in standin.FAMILY_NAMES]
-
-
 @pytest.fixture(scope="module")
 def family_reports(repo_root, tmp_path_factory):
     """scripts/family_check.py as a user runs it, for every family in one process (the libraries load
@@ -200,7 +190,7 @@ def family_reports(repo_root, tmp_path_factory):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(2400)
-@pytest.mark.parametrize("name", E2E_FAMILIES)
+@pytest.mark.parametrize("name", standin.FAMILY_NAMES)
 def test_each_family_trains_exports_and_serves_with_the_ids_it_was_trained_on(family_reports, name):
     """A tiny stand-in of the family trained for two real steps by train.py's stages, exported to
     f16 + Q8_0 by llama.cpp's converter, decoded by llama.cpp; the prompts of both engines and of
@@ -240,3 +230,15 @@ def test_the_merged_folder_tells_llamacpps_converter_which_tokens_are_control_to
     decoder = json.loads((tmp_path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
     eot = str(tok.convert_tokens_to_ids("<end_of_turn>"))
     assert decoder[eot]["content"] == "<end_of_turn>" and decoder[eot]["special"]
+
+
+@pytest.mark.parametrize("name", standin.FAMILY_NAMES)
+def test_the_training_ids_are_the_whole_conversation_tokenized_at_once(tokenizers, name):
+    """What a server that renders the template itself sends: the rendered conversation tokenized in
+    one piece. Phi-3's control tokens eat the newline after them in one piece; tokenized reply by
+    reply, that newline would be a token training has and a server's prompt has not."""
+    tok = tokenizers(name)
+    messages = fold_system(MESSAGES, families.system_role(tok.chat_template))
+    ids, _ = tokenize(tok, MESSAGES)
+    text = render(tok.chat_template, messages, add_generation_prompt=False, special_tokens=tok.special_tokens_map)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]

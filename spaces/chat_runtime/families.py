@@ -14,6 +14,10 @@ adapter folder, a GGUF), by a marker only its template writes. What the table sa
   template renders the same with no extra arguments in every renderer (ours, llama.cpp's, vLLM's):
   Qwen3 and SmolLM3 are trained and served without thinking (an empty think block in the prompt).
 - `lora_target_modules`: the projections LoRA wraps (Phi-3 fuses q/k/v and gate/up).
+- `strips_after_end_of_turn`: the end-of-turn token eats the whitespace after it when a text is
+  tokenized (Phi-3: `rstrip` in its tokenizer.json, and llama.cpp's rule for Phi-3). The cut after a
+  reply then goes after that whitespace, so a reply tokenized alone gives the ids the whole prompt
+  gives tokenized at once (an inference server rendering the template itself).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Family:
     system_role: str = "native"
     template_prelude: str = ""
     lora_target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    strips_after_end_of_turn: bool = False
     quirks: str = ""  # what the README's family table says
 
 
@@ -71,8 +76,9 @@ FAMILIES = (
         ("<|endoftext|>", "<unk>"),
         "phi35-mini-qlora.yaml",
         lora_target_modules=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+        strips_after_end_of_turn=True,
         quirks="fused `qkv_proj` and `gate_up_proj`; turns end with `<|end|>`, the conversation with "
-        "`<|endoftext|>` (not trained)",
+        "`<|endoftext|>` (not trained); its control tokens eat the newline after them",
     ),
     Family(
         "mistral",
@@ -144,6 +150,12 @@ def end_of_turn(template: str | None) -> str | None:
     """The token that ends an assistant reply in this template's family (None: use the EOS)."""
     family = family_of(template)
     return family.end_of_turn if family else None
+
+
+def strips_after_end_of_turn(template: str | None) -> bool:
+    """Whether this template's end-of-turn token eats the whitespace after it (see the module docstring)."""
+    family = family_of(template)
+    return bool(family and family.strips_after_end_of_turn)
 
 
 def system_role(template: str | None) -> str:

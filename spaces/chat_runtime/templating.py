@@ -61,12 +61,14 @@ def segments(
     with the generation prompt before it: the prompt ids a Space sends are exactly the ids the
     model was trained on, whatever the tokenizer. A reply runs from the end of the generation
     prompt to the end of the end-of-turn token the template writes after it (the family's, see
-    `families`, else the EOS; whitespace after it is scaffolding). Where the template writes an
+    `families`, else the EOS; whitespace after it is scaffolding, in the next segment, except where
+    the token eats it when tokenized: then in the reply's, where it gives no ids). Where the template writes an
     earlier turn's header differently from the generation prompt (Qwen3 drops the empty think block
     from past replies), that reply starts at its own text: what the template adds is never trained.
     """
     special_tokens = special_tokens or {}
     end_mark = families.end_of_turn(template) or special_tokens.get("eos_token") or ""
+    eats_space = families.strips_after_end_of_turn(template)
     full = render(template, messages, add_generation_prompt=add_generation_prompt, special_tokens=special_tokens)
     cuts: list[Segment] = []
     done = 0
@@ -76,6 +78,8 @@ def segments(
         before = render(template, messages[:i], add_generation_prompt=True, special_tokens=special_tokens)
         start = len(before) if full.startswith(before) and len(before) >= done else _find_reply(full, message, done)
         end = full.find(end_mark, start) + len(end_mark) if end_mark and end_mark in full[start:] else -1
+        if end != -1 and eats_space:  # tokenized with the token, that whitespace gives no ids
+            end += len(full[end:]) - len(full[end:].lstrip())
         if end == -1:  # no end-of-turn marker after the reply: it runs to where the next turn starts
             upto = render(template, messages[: i + 1], add_generation_prompt=False, special_tokens=special_tokens)
             if not full.startswith(upto):

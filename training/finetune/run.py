@@ -3,6 +3,7 @@ run, and whether the folder can hold what training will write."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -92,11 +93,26 @@ def peak_memory_mb(device_kind: str) -> float:
 def base_view(model):
     """A context in which `model` answers as its base: the adapter switched off, or (a full
     fine-tune, no adapter) the model as it is, which is the base only until training starts."""
-    import contextlib
-
     from peft import PeftModel
 
-    return model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+    if not isinstance(model, PeftModel):
+        return contextlib.nullcontext()
+    if model.active_peft_config.is_prompt_learning:
+        return _prompt_learning_off(model)
+    return model.disable_adapter()
+
+
+@contextlib.contextmanager
+def _prompt_learning_off(model):
+    """peft switches prefix / p-tuning off by making the base model's bound `forward` the peft
+    model's. With mixed precision, accelerate wraps the model's `forward` the first time it is
+    evaluated and rebinds a bound method to the model it wraps, here the peft model, so trl's
+    patched forward would run on the wrong model. A plain callable is wrapped as it is."""
+    import functools
+
+    with model.disable_adapter():
+        model.forward = functools.partial(model.forward)
+        yield
 
 
 def base_eval(run_dir: Path, trainer) -> float:

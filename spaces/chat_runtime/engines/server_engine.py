@@ -91,6 +91,11 @@ CONTROL_TEXTS = frozenset(
 
 # How a request on a kept-alive connection the server has closed fails (reset, or closed unanswered).
 STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# A stream that ends before its finish reason: what a server does with a prompt beyond its context.
+EARLY_END = (
+    "ended the reply early; the conversation may be longer than its context "
+    "(set FINCH_CONTEXT_TOKENS to the server's). Try a shorter message."
+)
 
 
 @dataclass
@@ -296,7 +301,7 @@ class _Pieces:
         self.response.close()
 
     def _read(self) -> Iterator[str]:
-        finished = False
+        finished = started = False
         try:
             for line in self.response.iter_lines():
                 if self.cancel.is_set():
@@ -311,18 +316,20 @@ class _Pieces:
                 piece, done = self._parse(data)
                 finished = finished or done
                 if piece:
+                    started = True
                     yield piece
         except httpx.TimeoutException:
             raise self.fail("stopped sending the reply (timed out); try again.") from None
         except httpx.TransportError as err:
+            if (
+                not started
+            ):  # llama.cpp's servers fail a prompt beyond their context in the stream, by a clean end or a cut
+                raise self.fail(f"{EARLY_END} Or try again ({type(err).__name__}).") from None
             raise self.fail(f"dropped the connection mid-reply ({type(err).__name__}); try again.") from None
         finally:
             self.response.close()
         if not finished:
-            raise self.fail(
-                "ended the reply early; the conversation may be longer than its context "
-                "(set FINCH_CONTEXT_TOKENS to the server's). Try a shorter message."
-            )
+            raise self.fail(EARLY_END)
 
     def _parse(self, data: str) -> tuple[str, bool]:
         """(text, finished) of one chunk; an error chunk or bad JSON raises."""
