@@ -73,6 +73,8 @@ def begin(page, title):
 def test_a_story_begins_continues_downloads_undoes_and_restarts(storymaker, page, calls):
     module, url = storymaker
     open_story(page, url, max_new_tokens=96)  # room for a whole turn: the choices come from the grammar
+    # the page says how its system prompt reaches the model (ChatML has a system turn)
+    assert page.get_by_text("The system prompt is sent as the system turn of the model's chat template").is_visible()
     begin(page, "The Lost Lighthouse")
     assert page.locator("#story-heading h1").inner_text() == "The Lost Lighthouse"
     first_choices = choices(page)
