@@ -151,7 +151,7 @@ class Eta(TrainerCallback):
 
     def estimate(self, state) -> dict:
         """Seconds per step (evaluations taken out), per evaluation, left, and for the training loop in all."""
-        warm_time, warm_step = self.warm or (self.started, self.start_step)
+        warm_time, warm_step = self.warm  # set at the first step's end, before any estimate
         now = time.perf_counter()
         elapsed = now - self.started
         per_step = (now - warm_time - sum(self.eval_seconds)) / max(state.global_step - warm_step, 1)

@@ -321,9 +321,8 @@ class _Pieces:
         except httpx.TimeoutException:
             raise self.fail("stopped sending the reply (timed out); try again.") from None
         except httpx.TransportError as err:
-            if (
-                not started
-            ):  # llama.cpp's servers fail a prompt beyond their context in the stream, by a clean end or a cut
+            # llama.cpp's servers fail a prompt beyond their context in the stream, by a clean end or a cut
+            if not started:
                 raise self.fail(f"{EARLY_END} Or try again ({type(err).__name__}).") from None
             raise self.fail(f"dropped the connection mid-reply ({type(err).__name__}); try again.") from None
         finally:
