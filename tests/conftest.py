@@ -90,21 +90,33 @@ def run_train(*args, env=None, timeout=900, **kwargs) -> subprocess.CompletedPro
 
 
 def kill_then_resume(
-    args: list[str], run_dir: Path, checkpoint: int, timeout: float = 600
-) -> subprocess.CompletedProcess:
-    """Start train.py, SIGKILL it once `checkpoint-N` is on disk, then run the same command again (a resume)."""
+    args: list[str], run_dir: Path, checkpoint: int, resume_from: int | None = None, timeout: float = 600
+) -> tuple[subprocess.CompletedProcess, dict[int, float]]:
+    """Start train.py, SIGKILL it once `checkpoint-N` is on disk, then run the same command again (a
+    resume). Returns (the resumed process, {step: loss} as the killed run logged them up to checkpoint-N).
+
+    With `resume_from=M`, checkpoint-N goes with the kill, as if the kill had come before it was
+    written: the resume starts at checkpoint-M and retakes steps M+1..N, which the killed run took
+    uninterrupted. Comparing the two logs needs no third, reference run."""
+    import json
+    import shutil
     import signal
 
     cmd = [sys.executable, str(ROOT / "training" / "train.py"), *args, "--output_dir", str(run_dir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run_dir / "checkpoints" / f"checkpoint-{checkpoint}" / "trainer_state.json"
     deadline = time.time() + timeout
-    while not (run_dir / "checkpoints" / f"checkpoint-{checkpoint}" / "trainer_state.json").exists():
+    while not state.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "adapter").exists()
-    return run_train(*args, "--output_dir", str(run_dir))
+    logged = {e["step"]: e["loss"] for e in json.loads(state.read_text())["log_history"] if "loss" in e}
+    if resume_from is not None:
+        assert (run_dir / "checkpoints" / f"checkpoint-{resume_from}").is_dir()
+        shutil.rmtree(state.parent)
+    return run_train(*args, "--output_dir", str(run_dir)), logged
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def method_run(request, tmp_path_factory, train_script):
     name = request.param
     args, folder = METHODS[name]
     run_dir = tmp_path_factory.mktemp(f"method-{name}") / "run"
-    resumed = train_script[1]([*args, *SHORT], run_dir, checkpoint=2, timeout=1200)
+    resumed, _ = train_script[1]([*args, *SHORT], run_dir, checkpoint=2, timeout=1200)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return name, run_dir, run_dir / folder, resumed
 

@@ -1,6 +1,6 @@
 """Preference tuning through training/train.py for real on the embedded model: DPO learns the
-shipped preference set's style, resumes after SIGKILL, trains on the chatbot's vote rows from an
-adapter; ORPO takes real steps."""
+shipped preference set's style in a run that is killed with SIGKILL and resumed, trains on the
+chatbot's vote rows from an adapter; ORPO takes real steps."""
 
 import json
 from pathlib import Path
@@ -19,7 +19,7 @@ QUICK_DPO = [
     "--max_steps",
     "16",
     "--save_steps",
-    "8",
+    "4",
     "--eval_steps",
     "100",
     "--logging_steps",
@@ -34,14 +34,16 @@ USER = [{"role": "user", "content": "Name a colour."}]
 
 @pytest.fixture(scope="session")
 def dpo_run(tmp_path_factory, train_script):
+    """The quick DPO run, killed with SIGKILL after checkpoint-8 and resumed from checkpoint-4 (see
+    kill_then_resume): (run folder, the resumed process, its metrics, the killed run's {step: loss})."""
     run_dir = tmp_path_factory.mktemp("runs") / "dpo"
-    proc = train_script[0](*QUICK_DPO, "--output_dir", str(run_dir))
+    proc, killed = train_script[1](QUICK_DPO, run_dir, checkpoint=8, resume_from=4, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc, json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    return run_dir, proc, json.loads((run_dir / "adapter" / "metrics.json").read_text()), killed
 
 
 def test_dpo_raises_held_out_reward_accuracy_well_above_chance(dpo_run):
-    _, proc, metrics = dpo_run
+    _, proc, metrics, _ = dpo_run
     pref = metrics["preference"]
     # The base is the reference: its rewards are zero by definition, so it ranks no pair right.
     assert pref["base_eval"]["rewards/accuracies"] == 0 and pref["base_eval"]["rewards/margins"] == 0
@@ -76,31 +78,13 @@ def test_the_dpo_card_and_plot_show_the_reward_metrics_next_to_the_bases(dpo_run
     assert recipe["method"] == "dpo" and recipe["beta"] == 0.1
 
 
-def _losses(metrics: dict) -> dict:
-    return {e["step"]: e["loss"] for e in metrics["log_history"] if "loss" in e}
-
-
-# A short DPO run for the resume test: 48 pairs, 6 steps, a checkpoint every 3 (the kill comes after the first).
-SHORT_DPO = [
-    *("--config", str(DPO_RECIPE), "--max_rows", "48", "--max_steps", "6", "--save_steps", "3"),
-    *("--eval_max_rows", "4", "--eval_steps", "100", "--logging_steps", "1", "--max_seq_length", "128"),
-    *("--verify", "false", "--sample_max_new_tokens", "4"),
-]
-
-
-def test_a_dpo_run_killed_with_sigkill_resumes_to_the_same_losses(train_script, tmp_path):
-    run, kill_then_resume = train_script
-    reference = run(*SHORT_DPO, "--output_dir", str(tmp_path / "whole"))
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    resumed = kill_then_resume(SHORT_DPO, tmp_path / "killed", checkpoint=3)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stderr
-    expected, got = (
-        _losses(json.loads((tmp_path / name / "adapter" / "metrics.json").read_text())) for name in ("whole", "killed")
-    )
-    assert sorted(expected) == list(range(1, 7)) and set(got) >= {4, 5, 6}
-    for step in (4, 5, 6):  # the steps after the checkpoint, retaken by the resumed run
-        assert abs(got[step] - expected[step]) < 1e-4, (step, got[step], expected[step])
+def test_a_dpo_run_killed_with_sigkill_resumes_to_the_same_losses(dpo_run):
+    _, proc, metrics, killed = dpo_run
+    assert "resuming from" in proc.stderr and "checkpoint-4" in proc.stderr
+    got = {e["step"]: e["loss"] for e in metrics["log_history"] if "loss" in e}
+    assert sorted(killed) == list(range(1, 9)) and sorted(got) == list(range(1, 17))
+    for step in (5, 6, 7, 8):  # taken by the killed run uninterrupted, and again by the resumed one
+        assert abs(got[step] - killed[step]) < 1e-4, (step, got[step], killed[step])
 
 
 def vote(kind: str, reply: str, prompt=USER) -> dict:

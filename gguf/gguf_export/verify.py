@@ -172,6 +172,54 @@ def hf_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
     return encode(parts, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])[0]
 
 
+def greedy_batch(
+    model, prompt_ids: list[list[int]], max_new_tokens: int, eos: set[int], pad: int | None
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy replies to all prompts in one left-padded batch: (replies, margins). A reply ends at
+    its first end token (kept); a margin is the top-1 minus top-2 logit of one step.
+
+    One batch, because decoding a small model reads every weight once per token whatever the batch:
+    on 2 CPU cores ten prompts take about what two take one by one, with the same tokens."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Margins(LogitsProcessor):  # the logits' top two per step, without keeping the logits
+        def __init__(self):
+            self.steps = []
+
+        def __call__(self, input_ids, scores):
+            top = scores.float().topk(2).values
+            self.steps.append((top[:, 0] - top[:, 1]).tolist())
+            return scores
+
+    pad = pad if pad is not None else min(eos)
+    width = max(map(len, prompt_ids))
+    device = model.device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+    margins = Margins()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            repetition_penalty=1.0,
+            eos_token_id=sorted(eos),
+            pad_token_id=pad,
+            logits_processor=LogitsProcessorList([margins]),
+        )
+    replies, row_margins = [], []
+    for row, generated in enumerate(out[:, width:].tolist()):
+        end = next((i + 1 for i, token in enumerate(generated) if token in eos), len(generated))
+        replies.append(generated[:end])
+        row_margins.append([round(step[row], 4) for step in margins.steps[:end]])
+    return replies, row_margins
+
+
 def transformers_hop(
     name: str, model_dir: Path, adapter_dir: Path | None, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int
 ) -> Hop:
@@ -187,36 +235,17 @@ def transformers_hop(
 
         model = PeftModel.from_pretrained(model, adapter_dir)
     model = model.to(device).eval()
-    eos = _eos_ids(tokenizer, model)
-    replies, ended, texts, margins = [], [], [], []
-    with torch.inference_mode():
-        for ids in prompt_ids:
-            out = model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                repetition_penalty=1.0,
-                eos_token_id=sorted(eos),
-                pad_token_id=tokenizer.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-            reply = out.sequences[0, len(ids) :].tolist()
-            top2 = [step[0].float().topk(2).values for step in out.logits]
-            margins.append([round(float(v[0] - v[1]), 4) for v in top2])
-            replies.append(reply)
-            ended.append(bool(reply) and reply[-1] in eos)
-            texts.append(tokenizer.decode(reply, skip_special_tokens=True).strip())
+    eos = eos_ids(tokenizer, model)
+    replies, margins = greedy_batch(model, prompt_ids, max_new_tokens, eos, tokenizer.pad_token_id)
+    ended = [bool(reply) and reply[-1] in eos for reply in replies]
+    texts = [tokenizer.decode(reply, skip_special_tokens=True).strip() for reply in replies]
     del model
     gc.collect()
     return Hop(name, replies, ended, texts, seconds=time.perf_counter() - started, margins=margins)
 
 
-def _eos_ids(tokenizer, model) -> set[int]:
+def eos_ids(tokenizer, model) -> set[int]:
+    """The ids that end a reply: the model's generation config's, and the tokenizer's EOS."""
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())

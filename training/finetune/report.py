@@ -105,30 +105,25 @@ def eval_metrics(loss: float | None, pairs: bool = False) -> dict:
     )
 
 
-def _greedy_reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    import torch
-
-    text = render(
-        tokenizer.chat_template,
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        special_tokens=tokenizer.special_tokens_map,
-    )
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
-    with torch.inference_mode():
-        out = model.generate(
-            **ids,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-        )
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-
-
 def replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy replies of the model as it stands (leaves it in eval mode)."""
+    """Greedy replies of the model as it stands, all prompts in one batch (leaves it in eval mode)."""
+    from gguf_export.verify import eos_ids, greedy_batch
+
     model.eval()
-    return [_greedy_reply(model, tokenizer, p, max_new_tokens) for p in prompts]
+    prompt_ids = [
+        tokenizer(
+            render(
+                tokenizer.chat_template,
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                special_tokens=tokenizer.special_tokens_map,
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+        for prompt in prompts
+    ]
+    made, _ = greedy_batch(model, prompt_ids, max_new_tokens, eos_ids(tokenizer, model), tokenizer.pad_token_id)
+    return [tokenizer.decode(reply, skip_special_tokens=True).strip() for reply in made]
 
 
 def base_replies(run_dir: Path, model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -150,22 +145,11 @@ def generate_samples(
     the fine-tune to the same prompts."""
     from .run import base_view
 
-    rows = []
-    model.eval()
-    for i, prompt in enumerate(prompts):
-        if base is None:
-            with base_view(model):
-                base_reply = _greedy_reply(model, tokenizer, prompt, max_new_tokens)
-        else:
-            base_reply = base[i]
-        rows.append(
-            {
-                "prompt": prompt,
-                "base": base_reply,
-                "fine_tuned": _greedy_reply(model, tokenizer, prompt, max_new_tokens),
-            }
-        )
-    return rows
+    if base is None:
+        with base_view(model):
+            base = replies(model, tokenizer, prompts, max_new_tokens)
+    tuned = replies(model, tokenizer, prompts, max_new_tokens)
+    return [{"prompt": p, "base": b, "fine_tuned": t} for p, b, t in zip(prompts, base, tuned)]
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:
