@@ -2,6 +2,7 @@
 
     python scripts/fidelity_spread.py --output_dir runs/spread                    # seeds 3407 x3, 1, 2
     python scripts/fidelity_spread.py --output_dir runs/spread --seeds 3407 3407 --verify_repeats 1
+    python scripts/fidelity_spread.py --output_dir runs/spread32 --max_steps 32   # the suite's run
 
 Each run trains the CPU recipe (training/recipes/cpu-smollm2-sample.yaml) as a user does, whose
 fidelity check writes adapter/fidelity.json. Runs of the same seed tell whether training repeats
@@ -25,11 +26,12 @@ RECIPE = ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"
 MEASURES = ("vs_reference", "vs_reference_but_near_ties")
 
 
-def train(run_dir: Path, seed: int) -> None:
+def train(run_dir: Path, seed: int, max_steps: int | None) -> None:
     if (run_dir / "adapter" / "fidelity.json").exists():
         return
-    cmd = [sys.executable, str(ROOT / "training" / "train.py"), "--config", str(RECIPE)]
-    subprocess.run([*cmd, "--seed", str(seed), "--output_dir", str(run_dir)], cwd=ROOT, check=True)
+    cmd = [sys.executable, str(ROOT / "training" / "train.py"), "--config", str(RECIPE), "--seed", str(seed)]
+    cmd += ["--max_steps", str(max_steps)] if max_steps else []
+    subprocess.run([*cmd, "--output_dir", str(run_dir)], cwd=ROOT, check=True)
 
 
 def reverify(adapter: Path, report: Path) -> None:
@@ -51,13 +53,14 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True, help="one run folder per run goes here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[3407, 3407, 3407, 1, 2], help="one run per entry")
     parser.add_argument("--verify_repeats", type=int, default=2, help="re-runs of verify.py on the first adapter")
+    parser.add_argument("--max_steps", type=int, default=None, help="stop each run here (default: the recipe's)")
     args = parser.parse_args()
 
     out = Path(args.output_dir)
     rows = []  # (label, adapter digest, hop summaries)
     for i, seed in enumerate(args.seeds):
         run_dir = out / f"run{i}-seed{seed}"
-        train(run_dir, seed)
+        train(run_dir, seed, args.max_steps)
         rows.append(
             (
                 f"train seed {seed} (run {i})",

@@ -5,6 +5,8 @@ upload, request hardware, set the model variables.
     python spaces/deploy.py --app chatbot --adapter you/your-adapter --dry_run /tmp/bundle   # offline
     FINCH_SERVER_API_KEY=... python spaces/deploy.py --app chatbot --space_id you/finch-chat \
         --server_url https://your-vllm-host/v1 --server_model meta-llama/Llama-3.2-3B-Instruct
+    python spaces/deploy.py --app chatbot --space_id you/finch-compare --adapter you/your-adapter \
+        --compare base --votes_dataset you/finch-votes      # side by side, votes to a Hub dataset
 
 The token comes from HF_TOKEN or `hf auth login`. A dry run writes the exact bundle that would be
 uploaded and prints the variables; `cd /tmp/bundle && python app.py` starts it locally.
@@ -60,6 +62,20 @@ class DeployArgs:
             "(the default with --gguf or --server_url)"
         },
     )
+    compare: str | None = field(
+        default=None,
+        metadata={
+            "help": "compare mode (chatbot): `base` (the adapter's base), another adapter or model id, or a GGUF "
+            "owner/repo/file.gguf answers beside the served model, with vote buttons"
+        },
+    )
+    votes_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "a Hub dataset (owner/name) the Space uploads its votes and likes to; the Space needs an "
+            "HF_TOKEN secret that may write to it"
+        },
+    )
     private: bool = field(default=False, metadata={"help": "create the Space private"})
     dry_run: str | None = field(
         default=None, metadata={"help": "write the bundle to this folder and stop (no network)"}
@@ -77,8 +93,11 @@ def variables_for(args: DeployArgs) -> dict[str, str]:
         "FINCH_LOAD_IN_4BIT": "1" if args.load_in_4bit else None,
         "FINCH_SERVER_URL": args.server_url,
         "FINCH_SERVER_MODEL": args.server_model,
+        "FINCH_COMPARE": args.compare,
+        "FINCH_VOTES_DATASET": args.votes_dataset,
     }
     variables = {k: v for k, v in values.items() if v}
+    check_compare(args, space_kind(variables))
     if args.server_url:  # the runtime's own checks, now rather than on the Space (no Hub call for a server)
         try:
             ModelSpec(
@@ -92,6 +111,22 @@ def variables_for(args: DeployArgs) -> dict[str, str]:
         except ValueError as err:
             raise UserError(f"Cannot deploy that: {err}") from None
     return variables
+
+
+def check_compare(args: DeployArgs, kind: str) -> None:
+    """Refuse a compare mode the Space could not start: the app has none, there is no base to show,
+    or the second model needs torch on a Space that installs none."""
+    if not args.compare:
+        return
+    if args.app != "chatbot":
+        raise UserError(f"Compare mode is the chatbot's; the {args.app} has none (drop --compare).")
+    if args.compare.strip() == "base" and not args.adapter:
+        raise UserError("--compare base shows an adapter's base beside it: it needs --adapter.")
+    if kind != "transformers" and not args.compare.lower().endswith(".gguf"):
+        raise UserError(
+            f"This Space {'runs a GGUF' if kind == 'llamacpp' else 'serves through an inference server'} and "
+            "installs no torch: compare it with another GGUF (--compare owner/repo/file.gguf)."
+        )
 
 
 def check_hardware(args: DeployArgs, hardware: str) -> None:
@@ -123,6 +158,7 @@ def main(args: DeployArgs) -> None:
         bundle = assemble(args.app, Path(args.dry_run), variables, hardware)
         secrets = ", ".join(secrets_for(args)) or "none"  # names only
         print(f"Bundle written to {bundle}\nSpace variables: {json.dumps(variables)}\nSpace secrets: {secrets}")
+        print_votes_note(args)
         return
     if not args.space_id:
         raise UserError("--space_id owner/name is needed to deploy (or use --dry_run FOLDER)")
@@ -130,6 +166,16 @@ def main(args: DeployArgs) -> None:
         bundle = assemble(args.app, Path(tmp) / "bundle", variables, hardware)
         url = deploy(bundle, args.space_id, hardware, variables, args.private, secrets_for(args))
     print(f"Deployed: {url}")
+    print_votes_note(args)
+
+
+def print_votes_note(args: DeployArgs) -> None:
+    if args.votes_dataset:  # the deploy token is not copied there: the Space gets a token of its own
+        print(
+            f"Votes go to the dataset {args.votes_dataset}: add an HF_TOKEN secret that may write to it in the "
+            "Space's settings (a fine-grained token scoped to that dataset). Until then they stay in the "
+            "Space's votes.jsonl."
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The chatbot's compare mode: the CPU recipe's fine-tune (left) and its base (right) answering side
-by side in a real browser, a vote saved as a preference row, Stop stopping both; and one side
-failing alone in the runtime."""
+by side in a real browser, a vote saved as a preference row that train.py then trains DPO steps on,
+Stop stopping both; and one side failing alone in the runtime."""
 
 import json
 import time
@@ -47,7 +47,10 @@ def compare(trained_run, tmp_path_factory, repo_root, launch_app):
     proc.wait(10)
 
 
-def test_both_answers_stream_side_by_side_and_a_vote_is_saved_as_a_preference_row(compare, page):
+@pytest.mark.trains
+def test_both_answers_stream_side_by_side_and_a_vote_trains_dpo_steps(
+    compare, page, trained_run, train_script, repo_root, tmp_path
+):
     url, votes = compare
     page.goto(url)
     page.locator("#compare-input textarea").wait_for()
@@ -77,6 +80,19 @@ def test_both_answers_stream_side_by_side_and_a_vote_is_saved_as_a_preference_ro
     assert row["left"]["reply"] == left and row["right"]["reply"] == right
     assert "adapter" in row["left"]["model"] and "adapter" not in row["right"]["model"]
     assert row["settings"]["temperature"] == 0 and row["settings"]["max_new_tokens"] == 40
+
+    # The loop from users' votes back to an adapter: the rows the page wrote, as they are, are
+    # train.py's preference data, on top of the adapter that was served.
+    run_dir = tmp_path / "from-votes"
+    proc = train_script[0](
+        *("--config", str(repo_root / "training" / "recipes" / "cpu-smollm2-dpo.yaml"), "--dataset", str(votes)),
+        *("--adapter", str(trained_run[0] / "adapter"), "--max_steps", "2", "--eval_fraction", "0"),
+        *("--logging_steps", "1", "--verify", "false", "--sample_max_new_tokens", "4", "--output_dir", str(run_dir)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    assert metrics["method"] == "dpo" and metrics["global_step"] == 2
+    assert metrics["rows"]["train"] == 1 and metrics["dropped"] == {}
 
 
 def test_stop_stops_both_sides(compare, page):

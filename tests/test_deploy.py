@@ -212,3 +212,27 @@ def test_a_zerogpu_space_gets_the_transformers_stack_and_a_gguf_one_is_refused(r
     assert not (bundle / "spaces").exists()  # the Hub's `spaces` package is the one the runtime imports there
     proc = deploy(repo_root, "--gguf", "a/b/c.gguf", "--hardware", "zero-a10g", "--dry_run", str(tmp_path / "no"))
     assert proc.returncode != 0 and "runs on cpu-basic" in proc.stderr and not (tmp_path / "no").exists()
+
+
+def test_a_compare_space_carries_its_second_model_and_votes_dataset(repo_root, tmp_path):
+    bundle = tmp_path / "compare"
+    proc = deploy(
+        repo_root,
+        *("--adapter", "someone/adapter", "--compare", "someone/tuned-gguf/model-q8_0.gguf"),
+        *("--votes_dataset", "someone/finch-votes", "--dry_run", str(bundle)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"FINCH_COMPARE": "someone/tuned-gguf/model-q8_0.gguf"' in proc.stdout
+    assert '"FINCH_VOTES_DATASET": "someone/finch-votes"' in proc.stdout and "HF_TOKEN secret" in proc.stdout
+    needs = [line.split("=")[0] for line in (bundle / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
+    assert {"torch", "peft", "llama-cpp-python"} <= set(needs)  # the GGUF on the right needs llama.cpp too
+    # What the Space could not start is refused before anything is written.
+    refused = {
+        ("--app", "storymaker", "--adapter", "a/b", "--compare", "base"): "the storymaker has none",
+        ("--model", "a/b", "--compare", "base"): "it needs --adapter",
+        ("--gguf", "a/b/c.gguf", "--compare", "a/adapter"): "installs no torch",
+    }
+    for args, message in refused.items():
+        proc = deploy(repo_root, *args, "--dry_run", str(tmp_path / "no"))
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert not (tmp_path / "no").exists()

@@ -1,4 +1,4 @@
-"""training/sweep.py on the embedded model: a grid of two tiny runs, killed mid-trial and resumed."""
+"""training/sweep.py on the embedded model: a 2x2 grid of tiny runs, killed mid-trial and resumed."""
 
 import json
 import os
@@ -23,7 +23,7 @@ def sweep_cmd(out: Path) -> list[str]:
         sys.executable,
         str(ROOT / "training" / "sweep.py"),
         *("--config", str(ROOT / "training" / "recipes" / "cpu-smollm2-sample.yaml"), "--output_dir", str(out)),
-        *("--grid", "learning_rate=1e-3,3e-3", "lr_scheduler_type=cosine"),
+        *("--grid", "learning_rate=1e-3,3e-3", "lr_scheduler_type=linear,cosine"),
         *TINY,
     ]
 
@@ -33,30 +33,29 @@ def sweep_cmd(out: Path) -> list[str]:
 @pytest.mark.timeout(1800)
 def test_a_grid_sweep_killed_mid_trial_resumes_and_names_the_best_trial(tmp_path):
     out = tmp_path / "sweep"
-    second = out / "trials" / "learning_rate=3e-3,lr_scheduler_type=cosine"
+    third = out / "trials" / "learning_rate=3e-3,lr_scheduler_type=linear"  # the grid's order: 1e-3 first
     proc = subprocess.Popen(sweep_cmd(out), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
     deadline = time.time() + 900
-    while not (second / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the sweep ended before its second trial's checkpoint"
+    while not (third / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before its third trial's checkpoint"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its trial's train.py
     proc.wait()
-    assert not (second / "adapter").exists()
+    assert not (third / "adapter").exists()
 
     done = subprocess.run(sweep_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "sweep.json").read_text())
     losses = {t["name"]: t["eval_loss"] for t in result["trials"]}
-    assert len(losses) == 2 and all(v is not None for v in losses.values())
+    assert len(losses) == 4 and all(v is not None for v in losses.values())
     assert result["best"] == min(losses, key=losses.get) and f"best: {result['best']}" in done.stdout
     assert all(t["global_step"] == 2 for t in result["trials"])
-    first_log = (out / "trials" / "learning_rate=1e-3,lr_scheduler_type=cosine.log").read_text()
-    assert first_log.count("Finch training run complete") == 1  # finished before the kill: read back, not rerun
-    assert (
-        "resuming from" in (second.parent / f"{second.name}.log").read_text()
-    )  # the killed trial went on from its checkpoint
+    for finished in ("learning_rate=1e-3,lr_scheduler_type=linear", "learning_rate=1e-3,lr_scheduler_type=cosine"):
+        log = (out / "trials" / f"{finished}.log").read_text()
+        assert log.count("Finch training run complete") == 1  # finished before the kill: read back, not rerun
+    assert "resuming from" in (third.parent / f"{third.name}.log").read_text()  # the killed trial went on
     table = (out / "sweep.md").read_text()
-    assert f"`{result['best']}` (best)" in table and table.count("| `learning_rate=") == 2
+    assert f"`{result['best']}` (best)" in table and table.count("| `learning_rate=") == 4
     for plot in ("train_loss_per_epoch", "eval_loss", "final_vs_learning_rate"):
         assert (out / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
 

@@ -50,10 +50,14 @@ def assemble(app: str, dest: Path, variables: dict[str, str], hardware: str | No
         shutil.copytree(APPS[app], tmp, dirs_exist_ok=True, ignore=_IGNORE)
         shutil.copytree(RUNTIME, tmp / RUNTIME.name, ignore=_IGNORE)
         kind = space_kind(variables)
-        if kind == "llamacpp":
+        compares_gguf = variables.get("FINCH_COMPARE", "").lower().endswith(".gguf")  # compare mode's second model
+        if kind == "llamacpp" or (kind == "server" and compares_gguf):
             (tmp / "requirements.txt").write_text(GGUF_REQUIREMENTS)
         elif kind == "server":
             (tmp / "requirements.txt").write_text(SERVER_REQUIREMENTS)
+        elif compares_gguf:
+            with (tmp / "requirements.txt").open("a") as requirements:
+                requirements.write(f"{LLAMA_CPP_REQUIREMENT}\n")
         _set_card(tmp / "README.md", variables, hardware or DEFAULT_HARDWARE[kind])
         check_bundle(tmp)
         if dest.exists():
