@@ -7,7 +7,9 @@ llama-2 format when a GGUF has no template) is never involved.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -24,6 +26,75 @@ log = logging.getLogger(__name__)
 PROMPT_STARTS_KEPT = 256
 
 
+class GrammarChecked:
+    """Constrained sampling as llama.cpp's own common sampler does it: sample from the logits as
+    they are, keep the token when the grammar allows it, and only otherwise apply the grammar to the
+    whole vocabulary and sample again. llama-cpp-python puts the grammar first in its chain, which
+    tests every one of the vocabulary's tokens at every step: the storymaker's turns decoded at
+    0.57x the speed of free text that way. Greedy decoding picks the same token either way (the
+    best token, if the grammar allows it, is the best allowed one)."""
+
+    def __init__(self, chain, llm, grammar):
+        import llama_cpp
+        from llama_cpp._internals import LlamaTokenDataArray
+
+        self.lib = llama_cpp  # kept: close() may run while the interpreter shuts down
+        self.chain = chain  # llama-cpp-python's own chain (penalties, then greedy or top-p), no grammar
+        self.grammar = llama_cpp.llama_sampler_init_grammar(
+            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        self.n_vocab = llm.n_vocab()
+        self.all = LlamaTokenDataArray(n_vocab=self.n_vocab)
+        self.one = (llama_cpp.llama_token_data * 1)()
+        self.one_array = llama_cpp.llama_token_data_array(data=self.one, size=1, selected=-1, sorted=False)
+
+    def _pick(self, logits, with_grammar: bool) -> int:
+        self.all.copy_logits(logits)
+        candidates = ctypes.byref(self.all.candidates)
+        if with_grammar:
+            self.lib.llama_sampler_apply(self.grammar, candidates)
+        self.lib.llama_sampler_apply(self.chain.sampler, candidates)
+        return int(self.all.candidates_data.id[self.all.candidates.selected])
+
+    def _allowed(self, token: int) -> bool:
+        self.one[0] = self.lib.llama_token_data(token, 1.0, 0.0)
+        self.one_array.size, self.one_array.selected = 1, -1
+        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self.one_array))
+        return not math.isinf(self.one[0].logit)
+
+    def sample(self, ctx, idx: int) -> int:
+        """The next token (as llama-cpp-python's LlamaSampler.sample), accepted by the chain and the grammar."""
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
+        token = self._pick(logits, with_grammar=False)
+        if not self._allowed(token):
+            token = self._pick(logits, with_grammar=True)
+        self.lib.llama_sampler_accept(self.chain.sampler, token)
+        self.lib.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def close(self) -> None:
+        if self.grammar is not None:
+            self.lib.llama_sampler_free(self.grammar)
+            self.grammar = None
+        self.chain.close()
+
+    __del__ = close
+
+
+def _llama_class():
+    """llama-cpp-python's Llama, whose constrained sampling checks the grammar after sampling."""
+    from llama_cpp import Llama
+
+    class CheckedLlama(Llama):
+        def _init_sampler(self, *args, grammar=None, **kwargs):
+            chain = super()._init_sampler(*args, **kwargs)
+            return chain if grammar is None else GrammarChecked(chain, self, grammar)
+
+    return CheckedLlama
+
+
 class LlamaCppEngine:
     """One llama.cpp context; generations take turns on it (it is not thread-safe), each starting from
     the prefix of the conversation already in its KV cache."""
@@ -31,8 +102,7 @@ class LlamaCppEngine:
     name = "llamacpp"
 
     def __init__(self, spec: ModelSpec):
-        from llama_cpp import Llama
-
+        Llama = _llama_class()
         path = resolve_gguf(spec.gguf)
         check_gguf_header(path)
         lora = resolve_gguf(spec.gguf_lora) if spec.gguf_lora else None
