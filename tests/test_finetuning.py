@@ -65,6 +65,8 @@ def test_each_method_resumes_after_sigkill_and_lowers_held_out_loss_below_the_ba
     assert "resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
     metrics = json.loads((artifact / "metrics.json").read_text())
     assert metrics["global_step"] == 4
+    # Measured after 4 steps and a resume (3 Dec, Zen 4, bf16), base 2.079: full 1.370, prefix 1.882,
+    # p-tuning 1.962 (the smallest gap, 6%; in fp32 it read 2.017 against 2.08). Below the base is the bar.
     assert metrics["eval"]["loss"] < metrics["base_eval"]["loss"], (name, metrics["eval"], metrics["base_eval"])
     steps = sorted(e["step"] for e in metrics["log_history"] if "loss" in e)
     assert steps == [1, 2, 3, 4]  # the steps before the kill come back from the checkpoint

@@ -69,6 +69,9 @@ def test_the_cpu_recipe_learns_and_leaves_a_complete_run_folder(trained_run):
         assert (adapter / name).is_file(), name
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
     metrics = json.loads((adapter / "metrics.json").read_text())
+    # Measured on this run (32 steps; Zen 4 with bf16, 3 Dec; the same to the last digit in a quiet and
+    # in a loaded run): train loss 1.927 -> 0.292 (0.15x), held-out loss 2.186 -> 0.458. The bars are
+    # "learned" and "below the base", far from both values.
     assert metrics["final_train_loss"] < metrics["first_train_loss"] * 0.5
     assert metrics["eval"]["loss"] < metrics["base_eval"]["loss"]  # held-out loss below the base's
     assert metrics["dropped"] == {} and metrics["rows"]["train"] > 200
@@ -95,6 +98,8 @@ def test_the_plan_matches_the_run_and_its_eta_its_time(trained_run):
     said = float(proc.stderr.split("ETA after the first steps")[1].split("training loop ")[1].split(" s")[0])
     # the run's summary entry (the loss entries carry the time so far too)
     took = next(e["train_runtime"] for e in reversed(metrics["log_history"]) if "train_loss" in e)
+    # The bar users were promised. Measured on this run: 83 s said, 86 s taken (3 Dec, quiet); since
+    # the rate is read from the end of the first step, whose one-off costs once made it 117 s against 83 s.
     assert abs(said - took) <= 0.3 * took, (said, took)
 
 
@@ -131,7 +136,7 @@ def test_the_adapter_holds_the_checkpoint_with_the_lowest_logged_eval_loss(tmp_p
 def test_the_fine_tune_visibly_changes_the_replies(trained_run):
     samples = json.loads((trained_run[0] / "adapter" / "samples.json").read_text())
     tuned = [s["fine_tuned"].startswith("Finch here") for s in samples]
-    assert sum(tuned) >= len(samples) - 1, samples
+    assert sum(tuned) >= len(samples) - 1, samples  # measured: 5 of 5 (3 Dec); one may keep the base's habit
     assert not any(s["base"].startswith("Finch here") for s in samples)
 
 
