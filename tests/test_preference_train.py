@@ -47,8 +47,8 @@ def test_dpo_raises_held_out_reward_accuracy_well_above_chance(dpo_run):
     pref = metrics["preference"]
     # The base is the reference: its rewards are zero by definition, so it ranks no pair right.
     assert pref["base_eval"]["rewards/accuracies"] == 0 and pref["base_eval"]["rewards/margins"] == 0
-    # Measured on the 16 held-out pairs (3 Dec, Zen 4, bf16; 2 Dec, AVX2 EPYC, the same): reward accuracy
-    # 1.0, margin 4.41 (4.35), chosen log-prob -4.1 against rejected -119. Chance is 0.5.
+    # Measured on the 16 held-out pairs (3 Dec, Zen 4, bf16): reward accuracy 1.0, margin 4.41, chosen
+    # log-prob -4.1 against rejected -119 (2 Dec, an earlier EPYC: 1.0 and 4.35). Chance is 0.5.
     assert pref["eval"]["rewards/accuracies"] >= 0.85, pref
     assert pref["eval"]["rewards/margins"] > 0.5 and pref["eval"]["logps/chosen"] > pref["eval"]["logps/rejected"]
     # The loss is DPO's (ln 2 for the base, the reference) plus the chosen replies' NLL (the recipe's
@@ -61,7 +61,7 @@ def test_dpo_raises_held_out_reward_accuracy_well_above_chance(dpo_run):
 def test_dpo_shifts_the_sample_replies_toward_the_chosen_style(dpo_run):
     samples = json.loads((dpo_run[0] / "adapter" / "samples.json").read_text())
     assert not any(s["base"].startswith("In short") for s in samples)
-    # Measured 4 of 5, on two CPU kinds (2 and 3 Dec): at this bar, one reply may keep the base's opening.
+    # Measured 4 of 5 (2 Dec and 3 Dec): at this bar, which lets one reply keep the base's opening.
     assert sum(s["fine_tuned"].startswith("In short") for s in samples) >= len(samples) - 1, samples
 
 
