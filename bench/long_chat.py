@@ -14,6 +14,7 @@ Chats alternate between the engines. Target: turn 10's first token within 2x tur
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -29,10 +30,16 @@ SYSTEM = "You are a helpful assistant who answers in detail."
 TOPICS = ["the sea", "volcanoes", "bees", "the moon", "rivers", "forests", "deserts", "glaciers", "storms", "caves"]
 
 
+CHATS = itertools.count(1)
+
+
 def chat(service: ChatService, turns: int, max_new_tokens: int) -> dict[str, float]:
     """One chat of `turns` turns; seconds to the first piece at turn 1 and at the last turn, and the
     last prompt's length in tokens."""
     params = validate(temperature=0, max_new_tokens=max_new_tokens, repetition_penalty=1.0)
+    # Every chat opens with its own system prompt, so turn 1 never finds the previous chat's prompt
+    # in a server's cache: turn 1 is a cold start on every engine, as a new user's first message is.
+    system = f"Conversation {next(CHATS)}. {SYSTEM}"
     history: list[dict] = []
     firsts = []
     for turn in range(turns):
@@ -40,12 +47,12 @@ def chat(service: ChatService, turns: int, max_new_tokens: int) -> dict[str, flo
         started = time.perf_counter()
         first = None
         reply = None
-        for reply in service.reply(message, history, SYSTEM, params):
+        for reply in service.reply(message, history, system, params):
             if reply.text and first is None:
                 first = time.perf_counter() - started
         firsts.append(first)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply.text}]
-    prompt = service.engine.encode_chat([{"role": "system", "content": SYSTEM}, *history[:-1]])
+    prompt = service.engine.encode_chat([{"role": "system", "content": system}, *history[:-1]])
     return {"turn 1 s": firsts[0], "last turn s": firsts[-1], "history tokens": float(len(prompt))}
 
 

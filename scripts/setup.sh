@@ -71,11 +71,12 @@ if [ ! -f "$(stamp)" ]; then
   log "installing requirements into $VENV"
   pip_ install --no-deps --force-reinstall "$WHEEL_DIR"/*.whl
   if [ "$GPU_SET" = 1 ]; then
-    # The CPU set's torch and gguf (transformers' GGUF loader, llama.cpp's converters), the rest
-    # as a GPU machine gets it; what needs CUDA stays out.
+    # The CPU set's torch, gguf (transformers' GGUF loader, llama.cpp's converters) and
+    # llama-cpp-python (named so pip adds its own dependencies to the wheel installed above), the
+    # rest as a GPU machine gets it; what needs CUDA stays out.
     grep -v 'cuda-only' requirements-gpu.txt > "$VENV/requirements-gpu-set.txt"
     pip_ install -r "$VENV/requirements-gpu-set.txt" "$(grep -o '^torch==[^ ]*' requirements.txt)" \
-      "$(grep -o '^gguf==[^ ]*' requirements.txt)"
+      "$(grep -o '^gguf==[^ ]*' requirements.txt)" "$(grep -o '^llama-cpp-python==[^ ]*' requirements.txt)"
   else
     pip_ install -r requirements.txt
   fi

@@ -63,7 +63,12 @@ def hf_dir() -> Path:
         model.config.quantization_config = None  # a plain fp32 folder, no GGUF loader needed later
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # whole folder or nothing at the final path
+        try:
+            os.replace(tmp, target)  # whole folder or nothing at the final path
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            # Another process (a second app or test run started at the same time) converted it first.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
