@@ -70,11 +70,9 @@ def test_every_turn_on_llamacpp_is_a_scene_and_real_choices(llamacpp_service, sy
 
 
 def test_every_turn_through_llama_cpp_server_is_a_scene_and_real_choices(llama_servers, system_prompt):
-    # The same weights and grammar as the in-process test above, which takes all twenty titles; what
-    # this one adds is the grammar sent through the server's API, and eight titles show that.
     server = llama_servers().start()
     try:
-        needed = tell_openings(ChatService.from_spec(server.spec()), system_prompt, TITLES[:8])
+        needed = tell_openings(ChatService.from_spec(server.spec()), system_prompt, TITLES)
     finally:
         server.stop()
     assert needed.get("recovered", 0) <= AT_MOST_RECOVERED, (
