@@ -1,4 +1,4 @@
-"""Item 8: the storymaker's turn grammar on the llama.cpp engine: time to the first scene token,
+"""The storymaker's turn grammar on the llama.cpp engine: time to the first scene token,
 per-turn time and decode speed with the grammar vs without it (target: the grammar keeps >= 0.90x
 of the free decode speed).
 
@@ -7,8 +7,8 @@ of the free decode speed).
 
 Both sides send the storymaker's own request (its system prompt, an opening request) through the
 runtime (ChatService + LlamaCppEngine), greedily, from an empty KV cache; the only difference is
-the GBNF grammar in the generation request, which llama.cpp's grammar sampler applies to every
-token. Free text ends where the model stops, the grammar's where the turn shape is complete, so the
+the GBNF grammar in the generation request, which the engine checks each sampled token against
+(and applies to the whole vocabulary only when that token breaks it, as llama.cpp's own sampler does). Free text ends where the model stops, the grammar's where the turn shape is complete, so the
 per-turn times differ in length too: decode tokens/s is the like-for-like figure.
 """
 
