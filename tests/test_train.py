@@ -1,9 +1,6 @@
 """training/train.py for real on the embedded model: real steps, real checkpoints, real kills."""
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -39,16 +36,10 @@ QUICK = [
 ]
 
 
-def train(*args, env=None, timeout=900, **kwargs):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "training" / "train.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-        **kwargs,
-    )
+@pytest.fixture
+def train(train_script):
+    """`python training/train.py ARGS` as a user runs it, its output captured (conftest's run_train)."""
+    return train_script[0]
 
 
 @pytest.mark.trains
@@ -104,7 +95,7 @@ def test_the_plan_matches_the_run_and_its_eta_its_time(trained_run):
 
 
 @pytest.mark.trains
-def test_the_adapter_holds_the_checkpoint_with_the_lowest_logged_eval_loss(tmp_path):
+def test_the_adapter_holds_the_checkpoint_with_the_lowest_logged_eval_loss(tmp_path, train):
     from safetensors.torch import load_file
 
     run_dir = tmp_path / "run"
@@ -209,7 +200,7 @@ def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
     )
 
 
-def test_help_documents_every_option():
+def test_help_documents_every_option(train):
     from finetune.config import ARG_CLASSES
 
     proc = train("--help")
@@ -247,7 +238,7 @@ def test_every_recipe_parses_and_names_its_command(recipe):
     )
 
 
-def test_an_unknown_key_fails_at_start(tmp_path):
+def test_an_unknown_key_fails_at_start(tmp_path, train):
     bad = tmp_path / "bad.yaml"
     bad.write_text(CPU_RECIPE.read_text() + "lora_rank: 8\n")
     proc = train("--config", str(bad), "--output_dir", str(tmp_path / "run"))
@@ -258,7 +249,7 @@ def test_an_unknown_key_fails_at_start(tmp_path):
     assert proc.returncode != 0 and "learning-rat" in proc.stderr  # no silent abbreviation
 
 
-def test_a_precision_the_device_cannot_run_fails_at_start(tmp_path):
+def test_a_precision_the_device_cannot_run_fails_at_start(tmp_path, train):
     proc = train("--config", str(CPU_RECIPE), "--precision", "fp16", "--output_dir", str(tmp_path / "run"), timeout=120)
     assert (
         proc.returncode != 0
@@ -269,7 +260,7 @@ def test_a_precision_the_device_cannot_run_fails_at_start(tmp_path):
     assert proc.returncode != 0 and "precision 'half' is not one of auto, fp32, bf16, fp16" in proc.stderr
 
 
-def test_a_dataset_without_usable_rows_fails_before_the_model_loads(tmp_path):
+def test_a_dataset_without_usable_rows_fails_before_the_model_loads(tmp_path, train):
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "q", "answer": "a"}\n')
     proc = train(
@@ -287,7 +278,7 @@ def test_a_dataset_without_usable_rows_fails_before_the_model_loads(tmp_path):
     assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp_path, embedded_hf, meta_llama3):
+def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp_path, embedded_hf, meta_llama3, train):
     """The embedded weights (49,152 embedding rows) beside Llama 3's tokenizer (ids up to 128,255)."""
     model = tmp_path / "mismatched"
     model.mkdir()
@@ -302,7 +293,7 @@ def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp
 
 
 @pytest.mark.trains
-def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, meta_llama3, shaped_model):
+def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, meta_llama3, shaped_model, train):
     """A tiny random Llama with Llama 3's real tokenizer: data goes through tiktoken (fastbpe), and
     the steps that follow are real."""
     meta_llama3.save_pretrained(tmp_path / "tokenizer")
@@ -314,7 +305,7 @@ def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, me
     assert metrics["global_step"] == 4 and 0 < metrics["final_train_loss"] < 20
 
 
-def test_an_unwritable_output_folder_fails_before_training(tmp_path):
+def test_an_unwritable_output_folder_fails_before_training(tmp_path, train):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     proc = train("--config", str(CPU_RECIPE), "--output_dir", str(blocker / "run"))
@@ -325,7 +316,7 @@ def test_an_unwritable_output_folder_fails_before_training(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.trains
 @pytest.mark.parametrize("backend", ["unsloth", "peft"])
-def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, shaped_model, backend):
+def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, shaped_model, backend, train):
     """The GPU recipe's 4-bit base and 8-bit AdamW, a few real steps on a tiny random Llama."""
     if backend == "unsloth":
         pytest.importorskip("unsloth", reason="Unsloth is not installed: pip install -r requirements-gpu.txt")
@@ -354,7 +345,7 @@ def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, shaped_model,
 
 
 @pytest.mark.trains
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, train):
     run_dir = tmp_path / "run"
     proc = train(*QUICK, "--learning_rate", "1e30", "--save_steps", "1", "--output_dir", str(run_dir))
     assert proc.returncode != 0 and "became NaN/inf at step" in proc.stderr, proc.stderr[-2000:]
@@ -366,7 +357,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.trains
-def test_early_stopping_ends_a_run_whose_eval_loss_stops_improving(tmp_path):
+def test_early_stopping_ends_a_run_whose_eval_loss_stops_improving(tmp_path, train):
     # learning rate 0: the eval loss never improves, so patience 1 ends the run at the second eval.
     run_dir = tmp_path / "run"
     proc = train(
@@ -409,7 +400,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_final_step_and_losses(tmp
 
 
 @pytest.mark.trains
-def test_push_without_network_fails_clearly_keeps_the_run_and_never_shows_the_token(trained_run, tmp_path):
+def test_push_without_network_fails_clearly_keeps_the_run_and_never_shows_the_token(trained_run, tmp_path, train):
     run_dir = trained_run[0]
     token = "hf_" + "PlantedTestToken" * 2
     env = {"HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
