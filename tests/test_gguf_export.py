@@ -55,7 +55,7 @@ def trained(tmp_path_factory, embedded_hf, repo_root):
         "--reference_out",
         str(folder / "reference.json"),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "adapter", json.loads((folder / "reference.json").read_text())
 
@@ -80,7 +80,7 @@ def exported(trained, tmp_path_factory, repo_root):
         ),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout
@@ -98,6 +98,7 @@ def greedy_ids(llm, prompt_ids: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
 def test_export_writes_each_quant_whole_with_template_and_eos(exported, embedded_hf):
     from transformers import AutoTokenizer
 
@@ -117,6 +118,7 @@ def test_export_writes_each_quant_whole_with_template_and_eos(exported, embedded
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
 def test_quantized_files_agree_with_the_finetuned_transformers_model(exported, trained, capsys):
     from llama_cpp import Llama
 
@@ -149,6 +151,7 @@ def test_quantized_files_agree_with_the_finetuned_transformers_model(exported, t
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
 def test_lora_gguf_applies_the_finetune_to_the_base_gguf(exported, trained, embedded_gguf, llamacpp_service):
     out, _ = exported
     _, reference = trained
@@ -168,6 +171,7 @@ def test_lora_gguf_applies_the_finetune_to_the_base_gguf(exported, trained, embe
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
 def test_card_and_modelfile_describe_the_files(exported):
     out, _ = exported
     card = (out / "README.md").read_text()
@@ -182,6 +186,7 @@ def test_card_and_modelfile_describe_the_files(exported):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
 def test_the_card_reports_fidelity_of_every_file_written(exported):
     card = (exported[0] / "README.md").read_text()
     section = card.split("## Fidelity (`python gguf/verify.py`)", 1)[1]
@@ -194,6 +199,7 @@ def test_the_card_reports_fidelity_of_every_file_written(exported):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
 def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained, repo_root, tmp_path):
     out, _ = exported
     adapter, _ = trained
@@ -250,6 +256,7 @@ def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained,
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
 def test_push_to_hub_fails_cleanly_offline_and_never_shows_the_token(exported, repo_root):
     out, _ = exported
     token = "hf_" + "finchTestSecret" + "0123456789abcdef"  # fake, split so no scanner takes it for real
@@ -550,7 +557,7 @@ def merged(trained, tmp_path_factory, repo_root):
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=1200,
     )
     return out, proc
 
