@@ -24,6 +24,9 @@ from gguf_export.quantize import inspect_gguf
 from gguf_export.quants import parse_quants
 
 pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
+# For the tests whose fixtures train the adapter and export or merge it (the first to ask pays):
+# about 3 minutes quiet; over 10 on a machine shared with training.
+TRAINS_AND_EXPORTS = pytest.mark.timeout(1500)
 
 QUANTS = ["q8_0", "q4_k_m", "f16"]
 # Share of the 8 prompts whose first 32 greedy tokens must equal the fine-tuned transformers
@@ -98,7 +101,7 @@ def greedy_ids(llm, prompt_ids: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
+@TRAINS_AND_EXPORTS
 def test_export_writes_each_quant_whole_with_template_and_eos(exported, embedded_hf):
     from transformers import AutoTokenizer
 
@@ -118,7 +121,7 @@ def test_export_writes_each_quant_whole_with_template_and_eos(exported, embedded
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
+@TRAINS_AND_EXPORTS
 def test_quantized_files_agree_with_the_finetuned_transformers_model(exported, trained, capsys):
     from llama_cpp import Llama
 
@@ -151,7 +154,7 @@ def test_quantized_files_agree_with_the_finetuned_transformers_model(exported, t
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
+@TRAINS_AND_EXPORTS
 def test_lora_gguf_applies_the_finetune_to_the_base_gguf(exported, trained, embedded_gguf, llamacpp_service):
     out, _ = exported
     _, reference = trained
@@ -171,7 +174,7 @@ def test_lora_gguf_applies_the_finetune_to_the_base_gguf(exported, trained, embe
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
+@TRAINS_AND_EXPORTS
 def test_card_and_modelfile_describe_the_files(exported):
     out, _ = exported
     card = (out / "README.md").read_text()
@@ -186,7 +189,7 @@ def test_card_and_modelfile_describe_the_files(exported):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
+@TRAINS_AND_EXPORTS
 def test_the_card_reports_fidelity_of_every_file_written(exported):
     card = (exported[0] / "README.md").read_text()
     section = card.split("## Fidelity (`python gguf/verify.py`)", 1)[1]
@@ -199,7 +202,7 @@ def test_the_card_reports_fidelity_of_every_file_written(exported):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
+@TRAINS_AND_EXPORTS
 def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained, repo_root, tmp_path):
     out, _ = exported
     adapter, _ = trained
@@ -256,7 +259,7 @@ def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained,
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # the first test to ask trains the adapter and exports it (fixtures)
+@TRAINS_AND_EXPORTS
 def test_push_to_hub_fails_cleanly_offline_and_never_shows_the_token(exported, repo_root):
     out, _ = exported
     token = "hf_" + "finchTestSecret" + "0123456789abcdef"  # fake, split so no scanner takes it for real
@@ -563,7 +566,7 @@ def merged(trained, tmp_path_factory, repo_root):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # trains the adapter, merges, and decodes the fidelity prompts twice
+@TRAINS_AND_EXPORTS
 def test_the_merged_model_is_a_whole_16_bit_model_with_its_tokenizer_template_and_card(merged):
     out, _ = merged
     names = {p.name for p in out.iterdir()}
@@ -579,7 +582,7 @@ def test_the_merged_model_is_a_whole_16_bit_model_with_its_tokenizer_template_an
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # trains the adapter, merges, and decodes the fidelity prompts twice
+@TRAINS_AND_EXPORTS
 def test_the_merged_models_greedy_replies_equal_the_adapters(merged):
     """gguf/verify.py's merged hop, run on the folder written: plain transformers (no peft) against
     base + adapter through peft, on the fidelity prompts."""
@@ -595,7 +598,7 @@ def test_the_merged_models_greedy_replies_equal_the_adapters(merged):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(1500)  # trains the adapter, merges, and decodes the fidelity prompts twice
+@TRAINS_AND_EXPORTS
 def test_pushing_the_merged_model_offline_fails_clearly_keeps_it_and_never_shows_the_token(merged):
     out, proc = merged
     assert proc.returncode == 2, proc.stderr[-2000:]
