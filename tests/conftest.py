@@ -14,6 +14,14 @@ import pytest
 # Nothing may reach the Hub in tests: weights and data come from the embedded model only.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The suite runs in one process per core (pytest-xdist, pyproject's addopts), so each process and
+# what it starts (train.py, the apps, llama.cpp) computes on its share of the cores: two processes
+# of two torch threads each on two cores ran 4-5x slower than one, their threads spinning on barriers.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+    os.environ.setdefault("FINCH_THREADS", _THREADS)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -487,8 +495,56 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.e2e)
 
 
-@pytest.hookimpl(trylast=True)  # after `-m` has deselected: probe only for the tests that will run
-def pytest_collection_modifyitems(config, items):
+# The suite runs in one process per core (pytest-xdist); a fixture is built once per process that
+# uses it. So each module runs whole in one process (its module fixtures are built once), and the
+# modules that share a session fixture that trains run in one process (it trains once): collection
+# fails if another module uses one of these fixtures, until it is added here.
+SAME_PROCESS = {"trained_run": ("test_train.py", "test_compare.py", "test_evaluate.py")}
+# The groups that take longest start first, so that neither process is left alone with a long one at
+# the end (seconds in a serial run on the 2-core Zen 4, 3 Dec 2026). The rest follow in collection
+# order; a stale figure costs balance, nothing else.
+LONGEST_FIRST = {
+    "trained_run": 880,
+    "test_preference_train.py": 250,
+    "test_gguf_export.py": 250,
+    "test_families.py": 230,
+    "test_finetuning.py": 230,
+    "test_distributed.py": 150,
+    "test_story_grammar.py": 130,
+    "test_sweep.py": 100,
+}
+
+
+def process_group(module: str) -> str:
+    """The group of a test module's tests (its file name), run in one process."""
+    return next((fixture for fixture, modules in SAME_PROCESS.items() if module in modules), module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler by scope, with `process_group` as the scope of a test."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByProcessGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return process_group(Path(nodeid.split("::")[0]).name)
+
+    return ByProcessGroup(config, log)
+
+
+def order_for_processes(items) -> None:
+    """The longest groups first; refuse a module that would build a shared training run again."""
+    for item in items:
+        for fixture, modules in SAME_PROCESS.items():
+            if fixture in item.fixturenames and item.path.name not in modules:
+                raise pytest.UsageError(
+                    f"{item.path.name} uses {fixture}: add it to SAME_PROCESS in tests/conftest.py, so that "
+                    "the run is built once"
+                )
+    rank = {group: i for i, group in enumerate(sorted(LONGEST_FIRST, key=LONGEST_FIRST.get, reverse=True))}
+    items.sort(key=lambda item: rank.get(process_group(item.path.name), len(rank)))  # stable within a group
+
+
+def skip_what_this_machine_cannot_run(items) -> None:
     reasons: dict[str, str | None] = {}
     for item in items:
         for marker, probe in CAPABILITY_PROBES.items():
@@ -497,6 +553,13 @@ def pytest_collection_modifyitems(config, items):
                     reasons[marker] = probe()
                 if reasons[marker]:
                     item.add_marker(pytest.mark.skip(reason=reasons[marker]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    order_for_processes(items)
+    yield
+    skip_what_this_machine_cannot_run(items)  # after `-m` has deselected: probe only for the tests that will run
 
 
 def pytest_report_header(config):
