@@ -16,6 +16,14 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+# llama.cpp's defaults for its DRY sampler (its common sampling parameters), for the engines that
+# have it: how fast the penalty grows with the repeat's length, the repeat length it starts at, and
+# the breakers a repeat does not extend across.
+DRY_BASE = 1.75
+DRY_ALLOWED_LENGTH = 2
+DRY_BREAKERS = ("\n", ":", '"', "*")
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Sampling settings for one reply. temperature 0 means greedy (deterministic) decoding."""
@@ -28,6 +36,10 @@ class GenerationParams:
     # generation (llama.cpp's grammars, xgrammar, a server's structured-output field). Set by the
     # runtime (the storymaker's turn shape), never by a slider or an API caller; None = free text.
     grammar: str | None = field(default=None, repr=False)
+    # llama.cpp's DRY penalty on a token that extends a repeat of the prompt or the reply (0 = off):
+    # set by the runtime (the storymaker, whose small model repeats a choice line under greedy
+    # decoding), never by a slider; the llama.cpp engine and llama.cpp's server apply it, others not.
+    dry_multiplier: float = field(default=0.0, repr=False)
 
     @property
     def greedy(self) -> bool:
@@ -57,7 +69,7 @@ def validate(**values: object) -> GenerationParams:
     None means "use the default". Values outside their range are refused, not clamped, so an API
     caller learns the real limits instead of silently getting something else.
     """
-    names = set(RANGES)  # the settings a person may set; `grammar` is the runtime's
+    names = set(RANGES)  # the settings a person may set; `grammar` and `dry_multiplier` are the runtime's
     unknown = set(values) - names
     if unknown:
         raise ValueError(

@@ -62,6 +62,11 @@ FOLLOW_UP_REQUEST = "{scene}\n\nList three short actions the hero could take nex
 EMPTY_SCENE = "The story pauses, waiting for your next move."
 GENRES = ("fantasy", "mystery", "science fiction", "fairy tale", "pirate adventure", "ghost story")
 TONES = ("hopeful", "eerie", "funny", "tense", "whimsical", "gloomy")
+# A grammar cannot say "not the line before": under greedy decoding the 135M model wrote one choice
+# four times ("Attack ik" on every line) on 2 of the 20 test titles, each then needing the follow-up
+# request. llama.cpp's DRY penalty at its documented starting strength (0.8) left none of the 20
+# needing one, so a turn is asked with it wherever the engine has it (llama.cpp in process and its server).
+DRY_MULTIPLIER = 0.8
 # Turns that needed a fallback, by kind ("recovered", "follow-up", "default"), and choices dropped as
 # copies of the scene ("copied"), since the process started: the log reports each.
 FALLBACKS: Counter[str] = Counter()
@@ -430,7 +435,7 @@ class StoryTeller:
         one the finished turn, with 2-4 choices. Closing the iterator cancels the generation.
         """
         request = story.opening_request() if action is None else action_request(action)
-        params = replace(params, grammar=turn_grammar(params.max_new_tokens))
+        params = replace(params, grammar=turn_grammar(params.max_new_tokens), dry_multiplier=DRY_MULTIPLIER)
         text, dropped, pieces = "", 0, 0
         stream = self.service.reply(request, story.history(), self.system_prompt, params)
         try:
@@ -474,7 +479,9 @@ class StoryTeller:
 
     def _ask_for_choices(self, scene: str, params: GenerationParams):
         """Ask once more, for choices only; yields progress (so a closed page cancels it), returns them."""
-        params = replace(params, max_new_tokens=FOLLOW_UP_MAX_NEW_TOKENS, grammar=choices_grammar())
+        params = replace(
+            params, max_new_tokens=FOLLOW_UP_MAX_NEW_TOKENS, grammar=choices_grammar(), dry_multiplier=DRY_MULTIPLIER
+        )
         text, pieces = "", 0
         stream = self.service.reply(FOLLOW_UP_REQUEST.format(scene=scene), [], self.system_prompt, params)
         try:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from .. import families, limits
 from ..gguf_files import check_gguf_header, resolve_gguf
-from ..params import GenerationParams
+from ..params import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message, encode, render, segments
 
@@ -26,23 +26,39 @@ log = logging.getLogger(__name__)
 PROMPT_STARTS_KEPT = 256
 
 
-class GrammarChecked:
-    """Constrained sampling as llama.cpp's own common sampler does it: sample from the logits as
-    they are, keep the token when the grammar allows it, and only otherwise apply the grammar to the
-    whole vocabulary and sample again. llama-cpp-python puts the grammar first in its chain, which
-    tests every one of the vocabulary's tokens at every step: the storymaker's turns decoded at
-    0.57x the speed of free text that way. Greedy decoding picks the same token either way (the
-    best token, if the grammar allows it, is the best allowed one)."""
+class CheckedSampler:
+    """llama-cpp-python's own chain (penalties, then greedy or top-p), with what the runtime asks for:
 
-    def __init__(self, chain, llm, grammar):
+    - a grammar checked after sampling, as llama.cpp's own common sampler does it: sample from the
+      logits as they are, keep the token when the grammar allows it, and only otherwise apply the
+      grammar to the whole vocabulary and sample again. llama-cpp-python puts the grammar first in
+      its chain, which tests every one of the vocabulary's tokens at every step: the storymaker's
+      turns decoded at 0.57x the speed of free text that way. Greedy decoding picks the same token
+      either way (the best token, if the grammar allows it, is the best allowed one).
+    - llama.cpp's DRY ("don't repeat yourself") penalty, which llama-cpp-python binds but its Llama
+      never uses: a token that would extend a repeat of what the prompt or the reply already holds
+      is penalised, more the longer the repeat.
+    """
+
+    def __init__(self, chain, llm, grammar, dry_multiplier: float, prompt: list[int]):
         import llama_cpp
         from llama_cpp._internals import LlamaTokenDataArray
 
         self.lib = llama_cpp  # kept: close() may run while the interpreter shuts down
-        self.chain = chain  # llama-cpp-python's own chain (penalties, then greedy or top-p), no grammar
-        self.grammar = llama_cpp.llama_sampler_init_grammar(
-            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
-        )
+        self.chain = chain
+        self.grammar = None
+        if grammar is not None:
+            self.grammar = llama_cpp.llama_sampler_init_grammar(
+                llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+            )
+        self.dry = None
+        if dry_multiplier:
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode("utf-8") for b in DRY_BREAKERS))
+            self.dry = llama_cpp.llama_sampler_init_dry(
+                llm._model.vocab, dry_multiplier, DRY_BASE, DRY_ALLOWED_LENGTH, llm.n_ctx(), breakers, len(breakers)
+            )
+            for token in prompt:  # as llama.cpp's server does: the prompt is context for DRY
+                llama_cpp.llama_sampler_accept(self.dry, token)
         self.n_vocab = llm.n_vocab()
         self.all = LlamaTokenDataArray(n_vocab=self.n_vocab)
         self.one = (llama_cpp.llama_token_data * 1)()
@@ -51,46 +67,61 @@ class GrammarChecked:
     def _pick(self, logits, with_grammar: bool) -> int:
         self.all.copy_logits(logits)
         candidates = ctypes.byref(self.all.candidates)
+        if self.dry is not None:
+            self.lib.llama_sampler_apply(self.dry, candidates)
         if with_grammar:
             self.lib.llama_sampler_apply(self.grammar, candidates)
         self.lib.llama_sampler_apply(self.chain.sampler, candidates)
         return int(self.all.candidates_data.id[self.all.candidates.selected])
 
     def _allowed(self, token: int) -> bool:
+        if self.grammar is None:
+            return True
         self.one[0] = self.lib.llama_token_data(token, 1.0, 0.0)
         self.one_array.size, self.one_array.selected = 1, -1
         self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self.one_array))
         return not math.isinf(self.one[0].logit)
 
     def sample(self, ctx, idx: int) -> int:
-        """The next token (as llama-cpp-python's LlamaSampler.sample), accepted by the chain and the grammar."""
+        """The next token (as llama-cpp-python's LlamaSampler.sample), accepted by every sampler."""
         import numpy as np
 
         logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
         token = self._pick(logits, with_grammar=False)
         if not self._allowed(token):
             token = self._pick(logits, with_grammar=True)
-        self.lib.llama_sampler_accept(self.chain.sampler, token)
-        self.lib.llama_sampler_accept(self.grammar, token)
+        for sampler in (self.chain.sampler, self.grammar, self.dry):
+            if sampler is not None:
+                self.lib.llama_sampler_accept(sampler, token)
         return token
 
     def close(self) -> None:
-        if self.grammar is not None:
-            self.lib.llama_sampler_free(self.grammar)
-            self.grammar = None
+        for name in ("grammar", "dry"):
+            if getattr(self, name, None) is not None:
+                self.lib.llama_sampler_free(getattr(self, name))
+                setattr(self, name, None)
         self.chain.close()
 
     __del__ = close
 
 
 def _llama_class():
-    """llama-cpp-python's Llama, whose constrained sampling checks the grammar after sampling."""
+    """llama-cpp-python's Llama, sampling through CheckedSampler when a reply needs a grammar or DRY."""
     from llama_cpp import Llama
 
     class CheckedLlama(Llama):
+        dry_multiplier = 0.0  # set per reply by the engine, under its lock
+        _prompt: list[int] = []
+
+        def generate(self, tokens, *args, **kwargs):
+            self._prompt = list(tokens)  # generate() is lazy: its sampler is made after this line
+            return super().generate(tokens, *args, **kwargs)
+
         def _init_sampler(self, *args, grammar=None, **kwargs):
             chain = super()._init_sampler(*args, **kwargs)
-            return chain if grammar is None else GrammarChecked(chain, self, grammar)
+            if grammar is None and not self.dry_multiplier:
+                return chain
+            return CheckedSampler(chain, self, grammar, self.dry_multiplier, self._prompt)
 
     return CheckedLlama
 
@@ -200,6 +231,7 @@ class LlamaCppEngine:
         """Yield text as llama.cpp decodes it; checks `cancel` between tokens."""
         with self._lock:
             self._start_from_cache(prompt_ids)
+            self.llm.dry_multiplier = params.dry_multiplier
             chunks = self.llm.create_completion(
                 grammar=self._grammar(params.grammar),
                 prompt=prompt_ids,

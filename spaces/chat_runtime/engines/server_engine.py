@@ -27,7 +27,7 @@ import httpx
 
 from .. import limits
 from ..errors import ServerError
-from ..params import GenerationParams
+from ..params import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message
 
@@ -56,6 +56,17 @@ SERVER_FAMILIES = {
 GRAMMAR_FIELDS = {
     "llama.cpp": lambda gbnf: {"grammar": gbnf},
     "vllm": lambda gbnf: {"structured_outputs": {"grammar": gbnf}},
+}
+# llama.cpp's DRY penalty as its server takes it (`dry_penalty_last_n` -1: the whole context); vLLM and
+# TGI have none. llama-cpp-python's `llama_cpp.server` ignores these fields.
+DRY_FIELDS = {
+    "llama.cpp": lambda multiplier: {
+        "dry_multiplier": multiplier,
+        "dry_base": DRY_BASE,
+        "dry_allowed_length": DRY_ALLOWED_LENGTH,
+        "dry_sequence_breakers": list(DRY_BREAKERS),
+        "dry_penalty_last_n": -1,
+    },
 }
 # Tokens a chat template adds around each message (ChatML and Llama 3 add 5) and once per chat
 # (a default system prompt or date header: SmolLM2's is ~20 tokens, Llama 3.2's ~25): generous.
@@ -166,14 +177,20 @@ class ServerEngine:
         }
         if params.grammar is not None:
             body.update(self._grammar_fields(params.grammar))
+        if params.dry_multiplier and self._family() in DRY_FIELDS:
+            body.update(DRY_FIELDS[self._family()](params.dry_multiplier))
         response = self._send("POST", "/v1/chat/completions", body, stream=True)
         return _Pieces(response, cancel, self._fail)
 
-    def _grammar_fields(self, gbnf: str) -> dict:
-        """The request fields that make this server follow a GBNF grammar ({} when it has none)."""
+    def _family(self) -> str | None:
+        """Which kind of server this is ("llama.cpp", "vllm", "tgi"), from its tokenize route; None: unknown."""
         if self._route is False:
             self._route = self._find_route()
-        family = SERVER_FAMILIES.get(self._route)
+        return SERVER_FAMILIES.get(self._route)
+
+    def _grammar_fields(self, gbnf: str) -> dict:
+        """The request fields that make this server follow a GBNF grammar ({} when it has none)."""
+        family = self._family()
         fields = GRAMMAR_FIELDS.get(family)
         if fields is None:
             log.info(
