@@ -173,19 +173,23 @@ def test_the_fine_tune_answers_the_same_merged_and_as_gguf(trained_run):
     report = json.loads((run_dir / "adapter" / "fidelity.json").read_text())
     rows = {r["hop"]: r for r in report["summary"]}
     assert list(rows) == ["peft", "merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"], report["skipped"]
-    # The fine-tune learned to stop: greedy replies end with EOS. One in ten may loop instead: on a CPU
-    # with bf16 this run's 135M model repeats "a beach chair, a beach towel, ..." on the packing-list
-    # prompt until the token limit (a greedy repetition loop, not a missing EOS label).
-    assert rows["peft"]["ended_with_eos"] >= 0.9
-    assert rows["gguf-f16"]["previous"] == "merged" and rows["gguf-f16"]["vs_previous"] >= 0.95
-    # q8_0 rounds weights and activations: on this 135M model it flips greedy steps whose two best
-    # tokens are within a few hundredths of a logit. Measured on four runs of this recipe (two CPU
-    # kinds; bf16 training on CPU is not bit-for-bit repeatable across them): strict agreement 0.8,
-    # 0.7, 0.7, 0.6, so the strict rate is not stable and is only printed; counting near ties 1.0 each
-    # time. Near ties is the promise (a flip at a near tie is rounding, not a changed model), its
-    # floor one prompt below the lowest measured value.
-    assert rows["gguf-q8_0"]["vs_reference_but_near_ties"] >= 0.90
-    assert all(r["ended_with_eos"] >= 0.9 for r in rows.values())
+    # Every bar below is one prompt (of ten) under the lowest value measured for this run (32 steps)
+    # over the recipe's seed 3407 (three runs: the same to the last digit on one machine) and seeds 1,
+    # 2 and 3 (scripts/fidelity_spread.py, Zen 4, 3 Dec 2026). A seed stands in for another CPU kind:
+    # bf16 training on CPU rounds differently on AVX-512 BF16, AMX and AVX2, and the merge, the
+    # conversion and llama.cpp's decode repeat exactly (verify.py run again on one adapter gave the same
+    # table), so the spread is the trained weights'.
+    # The fine-tune learned to stop: greedy replies end with EOS on at least 8 of the 10 prompts (on a CPU
+    # with bf16 this 135M model may repeat "a beach chair, a beach towel, ..." on the packing-list
+    # prompt until the token limit: a greedy repetition loop, not a missing EOS label).
+    assert all(r["ended_with_eos"] >= 0.7 for r in rows.values())
+    # Near ties counted, each hop agrees with peft on all ten prompts in every run: a flip at a near
+    # tie (the two best tokens within a few hundredths of a logit) is rounding, not a changed model.
+    # That is the promise. Strictly, merged agreed 0.9-1.0, f16 0.9-1.0 with merged, and q8_0 0.6-0.7:
+    # q8_0 rounds weights and activations, so its strict rate is printed, not asserted.
+    for hop in ("merged", "gguf-f16", "gguf-q8_0"):
+        assert rows[hop]["vs_reference_but_near_ties"] >= 0.9, (hop, rows[hop])
+    assert rows["gguf-f16"]["previous"] == "merged" and rows["gguf-f16"]["vs_previous"] >= 0.8
     assert all(r["same_prompt_ids"] for r in rows.values())  # no template drift on the way to llama.cpp
     assert len(report["prompts"]) == 10 and report["agree_tokens"] == 32
     card = (run_dir / "adapter" / "README.md").read_text()
