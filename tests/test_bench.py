@@ -1,6 +1,6 @@
 """Smoke test of the benchmarks: every bench/ script runs in its quick mode and prints its result
 lines. The numbers are not checked here (speed targets live in the scripts and docs/BENCHMARKS.md).
-They are not in the default run (about 15 minutes on 2 cores): `pytest -m bench` runs them."""
+They are not in the default run (about 15 minutes on 2 cores): `pytest -m bench -n 0` runs them, one at a time."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ SCRIPTS = {
 
 
 @pytest.mark.e2e
-@pytest.mark.bench  # ~15 min together (each side of a comparison is a subprocess): `pytest -m bench`
+@pytest.mark.bench  # ~15 min together (each side of a comparison is a subprocess): `pytest -m bench -n 0`
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_bench_script_runs_quick_and_prints_its_results(script, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
