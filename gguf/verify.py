@@ -8,7 +8,8 @@
 Fixed prompts run greedily through each hop; the table gives, per hop, the share of prompts whose
 first 32 tokens agree with the previous hop and with peft (the reference), and the share of
 replies that ended with EOS before the token limit. `training/train.py` and `gguf/export.py` put
-the same report in their model cards. Exit status 1 when a reply of the reference never stops.
+the same report in their model cards. Exit status 1 when fewer than half of the reference's replies
+stop (the sign of a fine-tune trained without EOS in its labels).
 """
 
 from __future__ import annotations
@@ -90,15 +91,23 @@ def main(args: VerifyArgs) -> int:
     if args.report:
         save(report, Path(args.report))
         print(f"\nfull report: {args.report}")
-    reference = report.hops[0]
-    if not all(reference.ended):
-        print(
-            f"\n{len(reference.ended) - sum(reference.ended)} replies of the fine-tune did not end within "
-            f"{args.max_new_tokens} tokens: check that training kept EOS in the labels",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    ended = report.hops[0].ended
+    if all(ended):
+        return 0
+    why = "check that training kept EOS in the labels" if eos_missing(ended) else "a greedy loop, not a missing EOS"
+    print(
+        f"\n{len(ended) - sum(ended)} of {len(ended)} replies of the fine-tune did not end within "
+        f"{args.max_new_tokens} tokens: {why}",
+        file=sys.stderr,
+    )
+    return 1 if eos_missing(ended) else 0
+
+
+def eos_missing(ended: list[bool]) -> bool:
+    """Whether the replies say EOS was not learned. A fine-tune trained without EOS in its labels
+    never stops, on any prompt; a greedy loop on a prompt or two is the model's own (the CPU recipe
+    stopped to 32 steps ends 8 of its 10 replies at seeds 1, 2 and 3). So: fewer than half end."""
+    return sum(ended) * 2 < len(ended)
 
 
 if __name__ == "__main__":

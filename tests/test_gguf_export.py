@@ -230,12 +230,14 @@ def test_verify_checks_an_exports_files_and_writes_its_report(exported, trained,
         text=True,
         timeout=600,
     )
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a reply ran past 40 tokens (said on stderr)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: most replies ran past 40 tokens (said on stderr)
     assert "| gguf-q8_0 |" in proc.stdout and "agree with the previous hop" in proc.stdout
     data = json.loads(report.read_text())
     assert [h["name"] for h in data["hops"]] == ["peft", "merged", "gguf-q8_0"]
     assert all(h["texts"][0].startswith("Ahoy!") for h in data["hops"])  # the fine-tune survives every hop
-    assert (proc.returncode == 1) == (not all(data["hops"][0]["ended"]))
+    ended = data["hops"][0]["ended"]
+    assert (proc.returncode == 1) == (sum(ended) * 2 < len(ended))
+    assert ("did not end within 40 tokens" in proc.stderr) == (not all(ended))
     missing = subprocess.run(
         [
             sys.executable,
