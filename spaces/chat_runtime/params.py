@@ -22,6 +22,9 @@ RANGES: dict[str, tuple[float, float]] = {
 DRY_BASE = 1.75
 DRY_ALLOWED_LENGTH = 2
 DRY_BREAKERS = ("\n", ":", '"', "*")
+# The tokens DRY scans for repeats (llama.cpp's default is 64): a storymaker context's worth, so a
+# turn does not repeat a line of the turns before either. llama-server refuses -1 ("the context").
+DRY_LAST_N = 4096
 
 
 @dataclass(frozen=True)

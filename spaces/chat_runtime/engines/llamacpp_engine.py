@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from .. import families, limits
 from ..gguf_files import check_gguf_header, resolve_gguf
-from ..params import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, GenerationParams
+from ..params import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, DRY_LAST_N, GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message, encode, render, segments
 
@@ -55,7 +55,7 @@ class CheckedSampler:
         if dry_multiplier:
             breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode("utf-8") for b in DRY_BREAKERS))
             self.dry = llama_cpp.llama_sampler_init_dry(
-                llm._model.vocab, dry_multiplier, DRY_BASE, DRY_ALLOWED_LENGTH, llm.n_ctx(), breakers, len(breakers)
+                llm._model.vocab, dry_multiplier, DRY_BASE, DRY_ALLOWED_LENGTH, DRY_LAST_N, breakers, len(breakers)
             )
             for token in prompt:  # as llama.cpp's server does: the prompt is context for DRY
                 llama_cpp.llama_sampler_accept(self.dry, token)

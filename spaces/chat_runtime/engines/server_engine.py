@@ -27,7 +27,7 @@ import httpx
 
 from .. import limits
 from ..errors import ServerError
-from ..params import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, GenerationParams
+from ..params import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, DRY_LAST_N, GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message
 
@@ -57,15 +57,15 @@ GRAMMAR_FIELDS = {
     "llama.cpp": lambda gbnf: {"grammar": gbnf},
     "vllm": lambda gbnf: {"structured_outputs": {"grammar": gbnf}},
 }
-# llama.cpp's DRY penalty as its server takes it (`dry_penalty_last_n` -1: the whole context); vLLM and
-# TGI have none. llama-cpp-python's `llama_cpp.server` ignores these fields.
+# llama.cpp's DRY penalty as its server takes it; vLLM and TGI have none, and llama-cpp-python's
+# `llama_cpp.server` ignores these fields.
 DRY_FIELDS = {
     "llama.cpp": lambda multiplier: {
         "dry_multiplier": multiplier,
         "dry_base": DRY_BASE,
         "dry_allowed_length": DRY_ALLOWED_LENGTH,
         "dry_sequence_breakers": list(DRY_BREAKERS),
-        "dry_penalty_last_n": -1,
+        "dry_penalty_last_n": DRY_LAST_N,
     },
 }
 # Tokens a chat template adds around each message (ChatML and Llama 3 add 5) and once per chat
