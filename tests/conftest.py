@@ -50,14 +50,9 @@ def embedded_hf() -> Path:
     return embedded.hf_dir()
 
 
-# Llama 3's template (abridged to what shapes the tokens; the date lines are as Meta ships them).
-# The data-preparation benchmark uses it too, so it lives beside that script.
-LLAMA3_TEMPLATE = (ROOT / "bench" / "llama3_chat_template.jinja").read_text().strip()
-
-
 @pytest.fixture(scope="session")
-def llama3_tokenizer(embedded_hf):
-    """A tokenizer with Llama 3's special tokens and template, built offline from the embedded one."""
+def llama3_tokenizer(embedded_hf, meta_llama3):
+    """The embedded tokenizer with Llama 3's special tokens and chat template (Meta's, as llama.cpp ships it)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(embedded_hf)
@@ -68,20 +63,8 @@ def llama3_tokenizer(embedded_hf):
             "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"],
         }
     )
-    tok.chat_template = LLAMA3_TEMPLATE
+    tok.chat_template = meta_llama3.chat_template
     return tok
-
-
-def bench_module(name: str):
-    """A module of bench/ (its scripts import each other by plain name), imported without leaving
-    bench/ on sys.path."""
-    import importlib
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 def run_train(*args, env=None, timeout=900, **kwargs) -> subprocess.CompletedProcess:
@@ -135,17 +118,11 @@ def train_script():
 
 @pytest.fixture(scope="session")
 def meta_llama3():
-    """Llama 3's real tokenizer (128,256 tokens), built offline by the benchmarks' helper from the
-    vocabulary llama.cpp ships as a test file, with Meta's settings and Llama 3's chat template."""
-    from transformers import AutoTokenizer
+    """Llama 3's real tokenizer (128,256 tokens) and chat template: the llama3 family's stand-in
+    (finetune.standin), read offline from the vocabulary and template llama.cpp's sources ship."""
+    from finetune import standin
 
-    return AutoTokenizer.from_pretrained(bench_module("benchlib").llama3_tokenizer())
-
-
-@pytest.fixture(scope="session")
-def shaped_model():
-    """bench/shaped_model.py: Llama-shaped folders with random weights and a given tokenizer."""
-    return bench_module("shaped_model")
+    return standin.tokenizer("llama3")
 
 
 @pytest.fixture(scope="session")

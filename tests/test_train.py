@@ -297,11 +297,12 @@ def test_a_tokenizer_that_is_not_the_models_own_fails_before_the_model_loads(tmp
 
 
 @pytest.mark.trains
-def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, meta_llama3, shaped_model, train):
-    """A tiny random Llama with Llama 3's real tokenizer: data goes through tiktoken (fastbpe), and
-    the steps that follow are real."""
-    meta_llama3.save_pretrained(tmp_path / "tokenizer")
-    model = shaped_model.build("tiny", tmp_path / "tiny-llama3", tmp_path / "tokenizer", dtype="float32")
+def test_a_model_with_llama3s_tokenizer_trains_on_ids_from_tiktoken(tmp_path, train):
+    """A tiny random Llama with Llama 3's real tokenizer (the llama3 stand-in): data goes through
+    tiktoken (fastbpe), and the steps that follow are real."""
+    from finetune import standin
+
+    model = standin.build("llama3", tmp_path / "tiny-llama3")
     proc = train(*QUICK, "--model", str(model), "--max_steps", "4", "--output_dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tokenizing with tiktoken (the same ids as the tokenizer, checked)" in proc.stderr
@@ -320,11 +321,13 @@ def test_an_unwritable_output_folder_fails_before_training(tmp_path, train):
 @pytest.mark.cuda
 @pytest.mark.trains
 @pytest.mark.parametrize("backend", ["unsloth", "peft"])
-def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, shaped_model, backend, train):
+def test_qlora_trains_on_a_cuda_gpu_through_each_backend(tmp_path, backend, train):
     """The GPU recipe's 4-bit base and 8-bit AdamW, a few real steps on a tiny random Llama."""
+    from finetune import standin
+
     if backend == "unsloth":
         pytest.importorskip("unsloth", reason="Unsloth is not installed: pip install -r requirements-gpu.txt")
-    model = shaped_model.build("tiny", tmp_path / "tiny", None)
+    model = standin.build("smollm2", tmp_path / "tiny")
     proc = train(
         *QUICK,
         "--model",
