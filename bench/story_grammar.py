@@ -8,7 +8,8 @@ of the free decode speed).
 Both sides send the storymaker's own request (its system prompt, an opening request) through the
 runtime (ChatService + LlamaCppEngine), greedily, from an empty KV cache; the only difference is
 the GBNF grammar in the generation request, which the engine checks each sampled token against
-(and applies to the whole vocabulary only when that token breaks it, as llama.cpp's own sampler does). Free text ends where the model stops, the grammar's where the turn shape is complete, so the
+(and applies to the whole vocabulary only when that token breaks it, as llama.cpp's own sampler does),
+and the DRY penalty a story turn is asked with. Free text ends where the model stops, the grammar's where the turn shape is complete, so the
 per-turn times differ in length too: decode tokens/s is the like-for-like figure.
 """
 
@@ -61,7 +62,7 @@ def main() -> None:
         args.reps, args.max_new_tokens, titles = 1, 96, TITLES[:2]
 
     from chat_runtime import ChatService, ModelSpec, embedded, validate
-    from chat_runtime.story import Story, turn_grammar
+    from chat_runtime.story import DRY_MULTIPLIER, Story, turn_grammar
 
     gguf = args.gguf or str(embedded.gguf_path())
     benchlib.header(f"story grammar: turns with vs without the turn-shape grammar on {os.path.basename(gguf)}")
@@ -69,7 +70,8 @@ def main() -> None:
     llm = service.engine.llm
     system_prompt = (ROOT / "storymaker_app" / "system_prompt.md").read_text(encoding="utf-8").strip()
     free = validate(temperature=0, max_new_tokens=args.max_new_tokens)  # the app's default repetition penalty
-    constrained = replace(free, grammar=turn_grammar(args.max_new_tokens))
+    # A turn as the storyteller asks it: the turn-shape grammar and llama.cpp's DRY penalty.
+    constrained = replace(free, grammar=turn_grammar(args.max_new_tokens), dry_multiplier=DRY_MULTIPLIER)
     requests = [Story.new(*title).opening_request() for title in titles]
     count = lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=True))  # noqa: E731
     print(
