@@ -92,8 +92,8 @@ def test_the_plan_matches_the_run_and_its_eta_its_time(trained_run):
     # The ETA extrapolates the first steps' wall-clock rate. Alone, this run said 83 s and took 86 s
     # (3 Dec, Zen 4): the 30% users are promised. In the suite another test process runs beside it,
     # and when that process moves from loading to training, this run slows: 114 s said, 178 s taken
-    # in one fresh-clone run. So the suite's bar is a factor of 2, which still catches a broken ETA
-    # (evaluations or steps miscounted, the first step's one-off costs extrapolated: 117 s against 83 s).
+    # in one fresh-clone run. So the suite's bar is a factor of 2, which still catches an ETA that
+    # leaves out the evaluations or counts the steps wrong.
     assert took / 2 <= said <= took * 2, (said, took)
 
 
