@@ -94,13 +94,14 @@ def main(args: VerifyArgs) -> int:
     ended = report.hops[0].ended
     if all(ended):
         return 0
-    why = "check that training kept EOS in the labels" if eos_missing(ended) else "a greedy loop, not a missing EOS"
+    missing = eos_missing(ended)
+    why = "check that training kept EOS in the labels" if missing else "a greedy loop, not a missing EOS"
     print(
         f"\n{len(ended) - sum(ended)} of {len(ended)} replies of the fine-tune did not end within "
         f"{args.max_new_tokens} tokens: {why}",
         file=sys.stderr,
     )
-    return 1 if eos_missing(ended) else 0
+    return 1 if missing else 0
 
 
 def eos_missing(ended: list[bool]) -> bool:

@@ -177,8 +177,9 @@ class ServerEngine:
         }
         if params.grammar is not None:
             body.update(self._grammar_fields(params.grammar))
-        if params.dry_multiplier and self._family() in DRY_FIELDS:
-            body.update(DRY_FIELDS[self._family()](params.dry_multiplier))
+        dry_fields = DRY_FIELDS.get(self._family()) if params.dry_multiplier else None
+        if dry_fields:
+            body.update(dry_fields(params.dry_multiplier))
         response = self._send("POST", "/v1/chat/completions", body, stream=True)
         return _Pieces(response, cancel, self._fail)
 
