@@ -142,7 +142,7 @@ def chat_page() -> gr.Blocks:
             editable=True,
             validator=check_message,
             api_name="chat",
-            concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS,
+            concurrency_limit=service.max_concurrent,
             save_history=True,  # past conversations stay in the user's browser (localStorage), listed beside the chat
         )
         chatbot.like(on_like, [chatbot, *inputs], None, api_name=False)
@@ -217,7 +217,7 @@ def compare_page() -> gr.Blocks:
                 [box, *inputs],
                 outputs,
                 api_name=name,
-                concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS,
+                concurrency_limit=service.max_concurrent,
             )
             for trigger, name in ((send.click, "compare"), (box.submit, False))
         ]

@@ -41,13 +41,16 @@ cpu_key=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8 || ec
 NATIVE_DIR="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-noamx-$cpu_key"
 SAFE_DIR="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-noavx2-$cpu_key"
 SDIST="$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz"
-build_wheel() {  # build_wheel DIR CMAKE_ARGS WHAT: once; whole or nothing at DIR
-  if ls "$1"/*.whl >/dev/null 2>&1; then return; fi
+fetch_sources() {
   if [ ! -f "$SDIST" ]; then
-    log "downloading the llama-cpp-python $LLAMA_CPP_VERSION sources (also llama.cpp's converters)"
+    log "downloading the llama-cpp-python $LLAMA_CPP_VERSION sources (also llama.cpp's converters and server)"
     mkdir -p "$CACHE/sdist"
     pip_ download --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_VERSION" -d "$CACHE/sdist"
   fi
+}
+build_wheel() {  # build_wheel DIR CMAKE_ARGS WHAT: once; whole or nothing at DIR
+  if ls "$1"/*.whl >/dev/null 2>&1; then return; fi
+  fetch_sources
   log "building llama-cpp-python $LLAMA_CPP_VERSION $3 (about 5-10 minutes on 2 cores)"
   mkdir -p "$CACHE/wheels"
   local tmp; tmp=$(mktemp -d "$CACHE/wheels/.build-XXXX")
@@ -109,6 +112,27 @@ if [ ! -f "$WHEEL_DIR/checked" ]; then
     log "llama.cpp decodes wrongly on this CPU (see above): rm -rf $CACHE/wheels and run this again"; exit 1
   fi
 fi
+
+# llama.cpp's own server (FINCH_ENGINE=llama-server: several users at once on a GGUF), built once from
+# the same sources with the wheel's flags, linked statically so the one file lives in the cache, and
+# linked beside the venv's python, where the runtime looks for it.
+SERVER_DIR="$CACHE/llama-server/$(basename "$WHEEL_DIR")"
+if [ ! -x "$SERVER_DIR/llama-server" ]; then
+  fetch_sources
+  log "building llama.cpp's llama-server (once per CPU; about 15 minutes on 2 cores)"
+  mkdir -p "$CACHE/llama-server"
+  tmp=$(mktemp -d "$CACHE/llama-server/.build-XXXX")
+  tar -xzf "$SDIST" -C "$tmp"
+  if [ "$WHEEL_DIR" = "$SAFE_DIR" ]; then args=$SAFE_ARGS; else args=$NATIVE_ARGS; fi
+  eval cmake -S "$tmp/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" -B "$tmp/build" \
+    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "$args" >"$tmp/cmake.log"
+  cmake --build "$tmp/build" --target llama-server -j "$(nproc)" >"$tmp/build.log" \
+    || { tail -20 "$tmp/build.log" >&2; log "llama-server did not build (above); $tmp holds the logs"; exit 1; }
+  mkdir "$tmp/out" && mv "$tmp/build/bin/llama-server" "$tmp/out/"
+  rm -rf "$SERVER_DIR"; mv "$tmp/out" "$SERVER_DIR"; rm -rf "$tmp"
+fi
+ln -sf "$SERVER_DIR/llama-server" "$VENV/bin/llama-server"
 
 # Convert the embedded GGUF to a plain HF folder once (transformers needs it; ~15 s).
 FINCH_CACHE="$CACHE" "$VPY" -c "from chat_runtime import embedded; embedded.hf_dir()"

@@ -240,7 +240,7 @@ with gr.Blocks(title="Finch storymaker") as demo:
     generating = dict(
         outputs=everything,
         concurrency_id="story",
-        concurrency_limit=limits.MAX_CONCURRENT_GENERATIONS,
+        concurrency_limit=service.max_concurrent,
         show_progress="minimal",
         show_progress_on=[story_view],
     )

@@ -30,6 +30,7 @@ SCRIPTS = {
     "compare_ttft.py": 3,
     "dpo_speed.py": 3,
     "long_chat.py": 2,
+    "concurrent_users.py": 2,
 }
 
 

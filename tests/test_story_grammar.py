@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_runtime import ChatService, GenerationParams
+from chat_runtime import ChatService, GenerationParams, ModelSpec
 from chat_runtime.engines.llamacpp_engine import CheckedSampler
 from chat_runtime.story import (
     DRY_MULTIPLIER,
@@ -56,6 +56,9 @@ def tell_openings(service: ChatService, system_prompt: str, titles) -> dict:
         assert all("Choices:" not in u.text for u in updates[:-1]), "the page sees only the scene while it streams"
     needed = {kind: FALLBACKS[kind] - before[kind] for kind in FALLBACKS if FALLBACKS[kind] > before[kind]}
     print(f"\n{service.engine.name}: {len(titles)} openings, fallbacks needed: {needed or 'none'}")
+    # A turn in the shape has two choices with different verbs, so only a turn cut off by its token
+    # limit (and recovered) may need the follow-up request.
+    assert needed.get("follow-up", 0) <= needed.get("recovered", 0) and "default" not in needed, needed
     return needed
 
 
@@ -82,6 +85,17 @@ def test_every_turn_through_llama_cpp_server_is_a_scene_and_real_choices(llama_s
     )
 
 
+def test_every_turn_through_llama_server_is_a_scene_and_real_choices(embedded_gguf, system_prompt):
+    service = ChatService.from_spec(ModelSpec(engine="llama-server", gguf=str(embedded_gguf)))
+    try:
+        needed = tell_openings(service, system_prompt, TITLES)
+    finally:
+        service.engine.server.stop()
+    assert needed.get("recovered", 0) <= AT_MOST_RECOVERED, (
+        "llama-server's `grammar` field makes replies turns in the shape"
+    )
+
+
 def test_every_turn_on_transformers_with_xgrammar_is_a_scene_and_real_choices(transformers_service, system_prompt):
     needed = tell_openings(transformers_service, system_prompt, TITLES[:5])
     assert "recovered" not in needed, "xgrammar makes every reply a turn in the shape"
@@ -98,11 +112,49 @@ def test_the_grammar_holds_even_when_the_player_asks_for_something_else(llamacpp
     assert scene_so_far(reply) == parsed.scene
 
 
+@pytest.mark.parametrize(
+    "second, allowed",
+    [("Board the ship", True), ("Accept the deal", True), ("Attack the crew", False), ("Attack ik", False)],
+)
+def test_the_second_choice_starts_with_another_verb_than_the_first(llamacpp_service, second, allowed):
+    """Two different actions in every turn: the grammar refuses a second choice with the first's verb."""
+    from llama_cpp import LlamaGrammar, llama_sampler_accept
+
+    llm = llamacpp_service.engine.llm
+    grammar = LlamaGrammar.from_string(turn_grammar(96), verbose=False)
+    text = f"A storm rises over the bay.\n\nChoices:\n1. Attack ik\n2. {second}"
+    with llamacpp_service.engine._lock:
+        sampler = CheckedSampler(llm._init_sampler(temp=0.0), llm, grammar, 0.0, [], greedy=True)
+        try:
+            followed = True
+            for token in llm.tokenize(text.encode(), add_bos=False, special=False):
+                followed = followed and sampler._allowed(token)
+                if followed:
+                    llama_sampler_accept(sampler.grammar, token)
+        finally:
+            sampler.close()
+    assert followed is allowed
+
+
+def test_greedy_checks_the_next_best_tokens_before_the_whole_vocabulary_and_picks_the_same(
+    llamacpp_service, system_prompt, monkeypatch
+):
+    """After the grammar rejects the best token, the llama.cpp engine tries the next best ones alone;
+    the turn is the one that testing the whole vocabulary at each rejection gives (GREEDY_CHECKED = 1
+    checks only the rejected token, so every rejection tests the whole vocabulary)."""
+    story = Story.new(*TITLES[0])
+    params = GenerationParams(temperature=0.0, max_new_tokens=96)
+    turns = {}
+    for checked in (CheckedSampler.GREEDY_CHECKED, 1):
+        monkeypatch.setattr(CheckedSampler, "GREEDY_CHECKED", checked)
+        *_, last = StoryTeller(llamacpp_service, system_prompt).tell(story, None, params)
+        turns[checked] = last.turn
+    assert turns[1].choices_from == "model" and len(set(turns.values())) == 1, turns
+
+
 def test_dry_penalises_a_token_that_would_extend_a_repeat_of_the_prompt(llamacpp_service):
     """The llama.cpp engine's DRY (llama.cpp's own sampler): after "Open the iron door. Open the iron",
-    a " door" that leads by a little loses to the runner-up; without DRY greedy takes it. (Greedy, the
-    embedded model wrote one choice on every line of 2 of the 20 openings above until turns were
-    asked with DRY, and each needed the follow-up request: with it, the 20 need none on a Zen 4.)"""
+    a " door" that leads by a little loses to the runner-up; without DRY greedy takes it."""
     import numpy as np
 
     engine = llamacpp_service.engine
@@ -115,7 +167,7 @@ def test_dry_penalises_a_token_that_would_extend_a_repeat_of_the_prompt(llamacpp
     with engine._lock:
         llm.dry_multiplier = 0.0  # llama-cpp-python's own chain from _init_sampler (each reply sets its own)
         for dry in (0.0, DRY_MULTIPLIER):
-            sampler = CheckedSampler(llm._init_sampler(temp=0.0), llm, None, dry, prompt)
+            sampler = CheckedSampler(llm._init_sampler(temp=0.0), llm, None, dry, prompt, greedy=True)
             picked[dry] = sampler._pick(logits, with_grammar=False)
             sampler.close()
     assert picked == {0.0: door, DRY_MULTIPLIER: runner_up}

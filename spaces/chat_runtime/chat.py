@@ -29,9 +29,12 @@ class Reply:
 class ChatService:
     """Formats, trims and streams replies from one engine."""
 
-    def __init__(self, engine: Engine, max_concurrent: int = limits.MAX_CONCURRENT_GENERATIONS):
+    def __init__(self, engine: Engine, max_concurrent: int | None = None):
         self.engine = engine
-        self._slots = threading.BoundedSemaphore(max_concurrent)
+        # Replies generated at once (the apps' queue lets this many through): FINCH_MAX_CONCURRENT,
+        # else the engine's own number (llama.cpp's server: its slots), else 1.
+        self.max_concurrent = max_concurrent or limits.MAX_CONCURRENT_GENERATIONS or engine.max_concurrent
+        self._slots = threading.BoundedSemaphore(self.max_concurrent)
         self._active = 0
         self._active_lock = threading.Lock()
 

@@ -2,8 +2,10 @@
 an OpenAI-compatible inference server to talk to (vLLM, TGI, llama.cpp's llama-server, ...).
 
 On a Space the spec comes from environment variables (set by the deploy command):
-  FINCH_ENGINE        auto | transformers | llamacpp | server
-                      (auto: a server URL -> server, a GGUF -> llamacpp, else transformers)
+  FINCH_ENGINE        auto | transformers | llamacpp | llama-server | server
+                      (auto: a server URL -> server, a GGUF -> llamacpp, else transformers;
+                      llama-server: the GGUF on llama.cpp's own server, run by the app, several
+                      users at once)
   FINCH_MODEL         base model, or a whole fine-tuned one (full or merged): Hub id or local folder
                       (read from the adapter when unset)
   FINCH_ADAPTER       peft adapter (LoRA, prefix tuning, p-tuning): Hub id or local folder
@@ -29,7 +31,9 @@ from urllib.parse import urlsplit
 
 from . import embedded
 
-ENGINE_NAMES = ("transformers", "llamacpp", "server")
+ENGINE_NAMES = ("transformers", "llamacpp", "llama-server", "server")
+# The engines that run a GGUF: llama.cpp in the app's process, or llama.cpp's server as its child.
+GGUF_ENGINES = ("llamacpp", "llama-server")
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,8 @@ class ModelSpec:
             engine = "llamacpp" if spec.gguf else "transformers"
         if engine not in ENGINE_NAMES:
             raise ValueError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINE_NAMES)}")
-        if engine == "llamacpp" and not spec.gguf:
-            raise ValueError("the llamacpp engine runs a GGUF file: set FINCH_GGUF (or use FINCH_ENGINE=transformers)")
+        if engine in GGUF_ENGINES and not spec.gguf:
+            raise ValueError(f"the {engine} engine runs a GGUF file: set FINCH_GGUF (or use FINCH_ENGINE=transformers)")
         if engine == "transformers" and spec.gguf:
             raise ValueError(
                 "the transformers engine needs FINCH_MODEL/FINCH_ADAPTER, not a GGUF; use FINCH_ENGINE=llamacpp"

@@ -24,7 +24,13 @@ def _server(spec: ModelSpec) -> Engine:
     return ServerEngine(spec)
 
 
-ENGINES = {"transformers": _transformers, "llamacpp": _llamacpp, "server": _server}
+def _llama_server(spec: ModelSpec) -> Engine:
+    from .llama_server import LlamaServerEngine
+
+    return LlamaServerEngine(spec)
+
+
+ENGINES = {"transformers": _transformers, "llamacpp": _llamacpp, "llama-server": _llama_server, "server": _server}
 
 
 def load_engine(spec: ModelSpec) -> Engine:

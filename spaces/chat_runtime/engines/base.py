@@ -16,7 +16,8 @@ from ..templating import Message
 class Engine(Protocol):
     """A loaded model that can format a chat and stream a reply."""
 
-    name: str  # "transformers", "llamacpp" or "server"
+    name: str  # "transformers", "llamacpp", "llama-server" or "server"
+    max_concurrent: int  # replies it generates at once unless FINCH_MAX_CONCURRENT says otherwise
     label: str  # what the page shows: model, adapter, engine, device
     context_tokens: int  # prompt + reply must fit in this many tokens
     special_texts: frozenset[str]  # control-token strings a user's text must not be able to forge

@@ -34,18 +34,25 @@ class CheckedSampler:
       grammar to the whole vocabulary and sample again. llama-cpp-python puts the grammar first in
       its chain, which tests every one of the vocabulary's tokens at every step: the storymaker's
       turns decoded at 0.57x the speed of free text that way. Greedy decoding picks the same token
-      either way (the best token, if the grammar allows it, is the best allowed one).
+      either way (the best token, if the grammar allows it, is the best allowed one). Greedy, a
+      rejected token is followed by the next best ones, each checked alone, before the whole
+      vocabulary is tested: a story turn's grammar rejects about 1 token in 6.
     - llama.cpp's DRY ("don't repeat yourself") penalty, which llama-cpp-python binds but its Llama
       never uses: a token that would extend a repeat of what the prompt or the reply already holds
       is penalised, more the longer the repeat.
     """
 
-    def __init__(self, chain, llm, grammar, dry_multiplier: float, prompt: list[int]):
+    # The best tokens checked one by one, greedy, after a rejection; only when none is allowed is the
+    # whole vocabulary tested (about 10 ms for the embedded model's 49,152 tokens).
+    GREEDY_CHECKED = 32
+
+    def __init__(self, chain, llm, grammar, dry_multiplier: float, prompt: list[int], greedy: bool):
         import llama_cpp
         from llama_cpp._internals import LlamaTokenDataArray
 
         self.lib = llama_cpp  # kept: close() may run while the interpreter shuts down
         self.chain = chain
+        self.greedy = greedy
         self.grammar = None
         if grammar is not None:
             self.grammar = llama_cpp.llama_sampler_init_grammar(
@@ -82,6 +89,21 @@ class CheckedSampler:
         self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self.one_array))
         return not math.isinf(self.one[0].logit)
 
+    def _best_allowed(self) -> int | None:
+        """Greedy, the token the grammar would leave best, without testing the whole vocabulary.
+
+        After _pick the candidates hold the logits as the chain left them (DRY and penalties applied);
+        the grammar then leaves the first allowed token in order of logit, ties to the lower id as
+        llama.cpp's greedy sampler. None when none of the best GREEDY_CHECKED is allowed."""
+        import numpy as np
+
+        data = self.all.candidates_data
+        best = np.argpartition(data.logit, -self.GREEDY_CHECKED)[-self.GREEDY_CHECKED :]
+        for index in best[np.lexsort((data.id[best], -data.logit[best]))]:
+            if self._allowed(int(data.id[index])):
+                return int(data.id[index])
+        return None
+
     def sample(self, ctx, idx: int) -> int:
         """The next token (as llama-cpp-python's LlamaSampler.sample), accepted by every sampler."""
         import numpy as np
@@ -89,7 +111,8 @@ class CheckedSampler:
         logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
         token = self._pick(logits, with_grammar=False)
         if not self._allowed(token):
-            token = self._pick(logits, with_grammar=True)
+            best = self._best_allowed() if self.greedy else None
+            token = best if best is not None else self._pick(logits, with_grammar=True)
         for sampler in (self.chain.sampler, self.grammar, self.dry):
             if sampler is not None:
                 self.lib.llama_sampler_accept(sampler, token)
@@ -121,7 +144,8 @@ def _llama_class():
             chain = super()._init_sampler(*args, **kwargs)
             if grammar is None and not self.dry_multiplier:
                 return chain
-            return CheckedSampler(chain, self, grammar, self.dry_multiplier, self._prompt)
+            greedy = kwargs.get("temp") == 0.0  # llama-cpp-python's chain ends in its greedy sampler then
+            return CheckedSampler(chain, self, grammar, self.dry_multiplier, self._prompt, greedy)
 
     return CheckedLlama
 
@@ -131,6 +155,7 @@ class LlamaCppEngine:
     the prefix of the conversation already in its KV cache."""
 
     name = "llamacpp"
+    max_concurrent = 1  # one context: replies take turns on it
 
     def __init__(self, spec: ModelSpec):
         Llama = _llama_class()

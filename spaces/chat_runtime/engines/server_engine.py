@@ -131,6 +131,7 @@ class ServerEngine:
     """Streams chat completions from a server; many may run at once (the server batches them)."""
 
     name = "server"
+    max_concurrent = 1  # a Space sets FINCH_MAX_CONCURRENT to pass more through to its server
 
     def __init__(self, spec: ModelSpec):
         self.model = spec.server_model

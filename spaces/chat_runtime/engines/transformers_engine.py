@@ -28,6 +28,7 @@ class TransformersEngine:
     """Base model (+ LoRA adapter through peft) generating with `model.generate` in a worker thread."""
 
     name = "transformers"
+    max_concurrent = 1
 
     def __init__(self, spec: ModelSpec):
         prepare()  # on ZeroGPU, `spaces` before torch's CUDA

@@ -1,0 +1,176 @@
+"""llama.cpp's own server, run and watched by the app: several users at once on a GGUF.
+
+On a CPU, decoding is bound by reading the weights, and llama-server decodes the replies of its
+parallel slots together, a token of each in one batch (continuous batching): several users are
+served at nearly the speed of one, where the in-process engine takes them one at a time. The app
+starts it on a free port of 127.0.0.1, waits until the model is loaded, talks to it through the
+server engine (the GGUF's own chat template, grammars and DRY, Stop by closing the connection),
+starts it again when it has died, and it ends with the app.
+
+`scripts/setup.sh` builds it once from the llama.cpp sources of the llama-cpp-python release in
+use, with the same flags as that wheel, and links it beside the virtual environment's python.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from .. import limits
+from ..gguf_files import check_gguf_header, resolve_gguf
+from ..params import GenerationParams
+from ..spec import ModelSpec
+from .server_engine import ChatPrompt, ServerEngine
+
+log = logging.getLogger(__name__)
+
+# Replies decoded together when FINCH_MAX_CONCURRENT is not set: 4 users on 2 cores decode at about
+# 3x one user's tokens/s (docs/BENCHMARKS.md), and each slot holds a whole context of KV cache.
+DEFAULT_SLOTS = 4
+# Longest wait for the server to load its model (a 1B q4_k_m loads in a few seconds here).
+START_SECONDS = 120.0
+# Lines of the server's own log kept, to say why it would not start.
+LOG_LINES = 40
+
+
+def binary() -> str | None:
+    """The llama-server to run: FINCH_LLAMA_SERVER, else the one setup linked beside this python."""
+    configured = os.environ.get("FINCH_LLAMA_SERVER", "").strip()
+    if configured:
+        return configured
+    return shutil.which("llama-server", path=str(Path(sys.executable).parent))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_the_app() -> None:
+    """In the child, before it runs: Linux sends it SIGTERM when the app's process ends, even by
+    SIGKILL, so no server outlives its app (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class LlamaServerProcess:
+    """One llama-server child: started on a free port, waited for, stopped."""
+
+    def __init__(self, command: list[str]):
+        self.command = command
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+        self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+
+    def start(self) -> str:
+        """Start the server and return its URL once its model is loaded; ValueError if it cannot start."""
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.lines.clear()
+        self.process = subprocess.Popen(
+            [*self.command, "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            preexec_fn=_die_with_the_app if sys.platform == "linux" else None,
+        )
+        threading.Thread(target=self._keep_log, args=(self.process,), daemon=True).start()
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:  # 503 while the model loads, 200 once it serves
+                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
+                    return self.url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise ValueError(
+            "llama.cpp's server did not start (its last lines below). Check the GGUF, or unset "
+            "FINCH_ENGINE=llama-server to serve it in process:\n" + "\n".join(self.lines)
+        )
+
+    def _keep_log(self, process: subprocess.Popen) -> None:
+        """Keep the server's last lines (for a failed start) and pass its warnings to the app's log."""
+        for line in process.stdout:
+            line = line.rstrip()
+            self.lines.append(line)
+            if " E " in line or " W " in line:
+                log.info("llama-server: %s", line)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class LlamaServerEngine(ServerEngine):
+    """A GGUF served by a llama-server child of the app, with parallel slots."""
+
+    name = "llama-server"
+    max_concurrent = DEFAULT_SLOTS
+
+    def __init__(self, spec: ModelSpec):
+        program = binary()
+        if not program or not os.access(program, os.X_OK):
+            raise ValueError(
+                "llama.cpp's llama-server is not installed here: `bash scripts/setup.sh` builds it, or set "
+                "FINCH_LLAMA_SERVER to its path; without it, FINCH_ENGINE=llamacpp serves the GGUF in process."
+            )
+        path = resolve_gguf(spec.gguf)
+        check_gguf_header(path)
+        lora = resolve_gguf(spec.gguf_lora) if spec.gguf_lora else None
+        self.max_concurrent = limits.MAX_CONCURRENT_GENERATIONS or DEFAULT_SLOTS
+        per_slot = limits.CONTEXT_TOKENS or limits.DEFAULT_CONTEXT_CAP
+        threads = int(os.environ.get("FINCH_THREADS", "0")) or len(os.sched_getaffinity(0))
+        command = [program, "--model", path, "--host", "127.0.0.1", "--parallel", str(self.max_concurrent)]
+        command += ["--ctx-size", str(per_slot * self.max_concurrent), "--threads", str(threads), "--no-webui"]
+        command += ["--lora", lora] if lora else []
+        self.server = LlamaServerProcess(command)
+        self._restart_lock = threading.Lock()
+        url = self.server.start()
+        atexit.register(self.server.stop)
+        super().__init__(ModelSpec(server_url=url + "/v1", server_model=Path(path).name))
+        # A slot's context is what trimming may fill, never beyond the model's own.
+        trained = self._trained_context()
+        self.context_tokens = per_slot if limits.CONTEXT_TOKENS or not trained else min(per_slot, trained)
+        self.label = f"{spec.label} · llama.cpp server · CPU · {self.max_concurrent} at once"
+
+    def _trained_context(self) -> int | None:
+        try:
+            models = self.client.get(self.root + "/v1/models").json()["data"]
+            return int(models[0]["meta"]["n_ctx_train"])
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            return None
+
+    def stream(self, prompt: ChatPrompt, params: GenerationParams, cancel: threading.Event):
+        """As the server engine; a server that has died is started again first."""
+        with self._restart_lock:
+            if not self.server.alive():
+                log.warning("llama-server had stopped (exit status %s): starting it again", self.server.process.poll())
+                self.root = self.server.start()
+        return super().stream(prompt, params, cancel)
