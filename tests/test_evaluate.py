@@ -1,6 +1,7 @@
 """training/evaluate.py: the CPU recipe's fine-tune against its base, judged by the embedded model
 on llama.cpp (at the end of training, `--evaluate true`) and through `python -m llama_cpp.server`;
-resuming after a kill; a judge that is down. Plus the parsers and the tallies, offline and fast."""
+resuming after a kill; a judge that is down; story mode (the storymaker's opening turns, on the
+embedded GGUF). Plus the parsers, the tallies and the refusals, offline and fast."""
 
 import json
 import os
@@ -14,17 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from chat_runtime import story
 from finetune import evaluation, judge
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "training" / "eval" / "quick.yaml"
+STORY = ROOT / "training" / "eval" / "story.yaml"
+STORY_TITLES = ROOT / "training" / "eval" / "story_titles.jsonl"
 # One llama.cpp thread for the judge: its threads spin on barriers, which crawls on a busy 2-core box.
 ENV = {**os.environ, "FINCH_THREADS": "1"}
 
 
-def evaluate(*args, env=None, **kwargs):
+def evaluate(*args, config=QUICK, env=None, **kwargs):
     return subprocess.run(
-        [sys.executable, str(ROOT / "training" / "evaluate.py"), "--config", str(QUICK), *args],
+        [sys.executable, str(ROOT / "training" / "evaluate.py"), "--config", str(config), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -111,6 +115,86 @@ def test_a_missing_rubric_says_which_file():
     with pytest.raises(FileNotFoundError, match="rubric file /nope.md does not exist"):
         judge.load_rubric("/nope.md")
     assert "Correctness" in judge.load_rubric(None)
+
+
+def test_story_mode_refuses_prompts_beside_it_and_a_system_prompt_of_its_own():
+    for other in (dict(prompts_file="p.txt"), dict(dataset="d.jsonl")):
+        with pytest.raises(evaluation.EvaluationError, match="give --story_titles .* not both"):
+            evaluation.check(evaluation.EvalArgs(adapter="a", story_titles=str(STORY_TITLES), **other))
+    with pytest.raises(evaluation.EvaluationError, match="--system_prompt does not apply with --story_titles"):
+        evaluation.check(evaluation.EvalArgs(adapter="a", story_titles=str(STORY_TITLES), system_prompt="Be brief."))
+
+
+@pytest.mark.parametrize(
+    "lines, problem",
+    [
+        (['{"title": "The Bottle Map"}', "The Lantern on the Cliff"], "line 2: not JSON"),
+        (['{"title": "The Bottle Map"}', "", '{"genre": "mystery", "tone": "eerie"}'], 'line 3: no "title"'),
+        (['["The Bottle Map"]'], 'line 1: no "title"'),
+        (['{"title": "The Bottle Map", "genr": "mystery"}'], r"line 1: unknown key\(s\) genr"),
+        (['{"title": 7}'], "line 1: The story's title must be text"),
+        (["", "  "], "has no stories"),
+        (None, "titles.jsonl does not exist"),
+    ],
+)
+def test_a_bad_story_titles_file_is_refused_naming_its_line(tmp_path, lines, problem):
+    titles = tmp_path / "titles.jsonl"
+    if lines is not None:
+        titles.write_text("\n".join(lines) + "\n")
+    with pytest.raises(evaluation.EvaluationError, match=problem):
+        evaluation.load_rows(evaluation.EvalArgs(adapter="a", story_titles=str(titles)))
+
+
+def test_story_titles_become_the_storymakers_opening_requests_judged_on_the_story_rubric():
+    rows = evaluation.load_rows(evaluation.EvalArgs(adapter="a", story_titles=str(STORY_TITLES), max_rows=3))
+    system = (ROOT / "storymaker_app" / "system_prompt.md").read_text().strip()
+    assert len(rows.conversations) == len(rows.stories) == 3 and not rows.with_reference
+    for i, told in enumerate(rows.stories):
+        assert rows.prompt(i) == [
+            {"role": "system", "content": system},
+            {"role": "user", "content": told.opening_request()},
+        ]
+    assert rows.stories[0] == story.Story.new("The lighthouse keeper's last winter", "mystery", "gloomy")
+    assert evaluation.rubric_file(evaluation.EvalArgs(story_titles="t.jsonl")).name == "story_rubric.md"
+    assert evaluation.rubric_file(evaluation.EvalArgs(story_titles="t.jsonl", rubric="mine.md")).name == "mine.md"
+    assert evaluation.rubric_file(evaluation.EvalArgs()) == judge.DEFAULT_RUBRIC
+    assert "Choices" in judge.load_rubric(str(evaluation.STORY_RUBRIC))
+
+
+# --- the real thing on the embedded GGUF: story mode ----------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_story_mode_judges_the_storymakers_opening_turns_and_a_rerun_resumes(embedded_gguf, tmp_path):
+    out = tmp_path / "story"
+    args = ["--adapter", str(embedded_gguf), "--base", str(embedded_gguf), "--output_dir", str(out)]
+    args += ["--max_rows", "2", "--max_new_tokens", "96"]  # two titles, short turns: the suite's budget
+    proc = evaluate(*args, config=STORY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["prompts"] == 2 and "story_titles.jsonl" in report["source"]
+    assert report["rubric"] == str(evaluation.STORY_RUBRIC)
+    assert report["settings"] == {"temperature": 0.0, "top_p": 0.9, "max_new_tokens": 96, "repetition_penalty": 1.1}
+    assert "eval_loss" not in report["base"] and not (out / "loss.json").exists()
+    titles = [json.loads(line)["title"] for line in STORY_TITLES.read_text().splitlines()[:2]]
+    for row, title in zip(report["rows"], titles):
+        assert f"“{title}”" in row["prompt"][-1]["content"]  # the judge was shown the request, then the turn
+        for side in evaluation.SIDES:
+            turn = story.split_turn(row[side])  # stored as the model writes a turn
+            assert turn is not None and turn.scene and 2 <= len(turn.choices) <= 4, row[side]
+        # the judge answers under the grammar on llama.cpp, so every answer is read
+        assert row["base_score"] in range(1, 6) and row["finetuned_score"] in range(1, 6)
+        assert set(row["verdicts"]) <= {"A", "B", "tie"} and row["outcome"] in ("win", "tie", "loss")
+    stored = {name: (out / name).read_text() for name in ("replies.jsonl", "judged.jsonl")}
+    assert len(stored["replies.jsonl"].splitlines()) == 4 and len(stored["judged.jsonl"].splitlines()) == 8
+    print("\n" + (out / "report.md").read_text())
+
+    again = evaluate(*args, config=STORY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Replies (" not in again.stderr and "resuming: 8 judgements already made, 0 to go" in again.stderr
+    assert {name: (out / name).read_text() for name in stored} == stored  # nothing told or judged again
+    assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]
 
 
 # --- the real thing on the trained CPU recipe -----------------------------------------------------

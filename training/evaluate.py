@@ -6,6 +6,7 @@ verdicts asked in both orders; a report folder (report.md, report.json, report.p
     python training/evaluate.py --config training/eval/quick.yaml --adapter runs/cpu-smollm2-sample/adapter   # 4 prompts
     python training/evaluate.py --adapter you/your-adapter --dataset you/your-data --dataset_split test
     python training/evaluate.py --adapter model-q8_0.gguf --base base-f16.gguf --prompts_file prompts.txt
+    python training/evaluate.py --config training/eval/story.yaml --adapter runs/cpu-smollm2-story/adapter   # story mode: 20 opening turns
     FINCH_JUDGE_API_KEY=... python training/evaluate.py --adapter runs/NAME/adapter \\
         --judge_url http://gpu-host:8000/v1 --judge_model Qwen/Qwen2.5-72B-Instruct          # a strong judge
 

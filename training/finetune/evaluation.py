@@ -1,6 +1,10 @@
 """Is the fine-tune better than its base? Held-out loss, replies of both on the runtime's engines,
 a judge's 1-5 rubric scores and pairwise verdicts (both orders), and a report folder.
 
+In story mode (`--story_titles`) each row is a story (title, genre, tone) and each model's reply is
+the storymaker's opening turn, told by the runtime's StoryTeller exactly as the app tells it, judged
+on the story rubric.
+
 Stages write what they finish to the output folder as they go (`replies.jsonl`, `loss.json`,
 `judged.jsonl`), so a killed run, or one whose judge went away, resumes where it stopped when the
 same command runs again. The report files are written last, each whole or not at all.
@@ -20,6 +24,8 @@ from pathlib import Path
 from chat_runtime import ChatService, GenerationParams, ModelSpec, validate
 from chat_runtime.engines import load_engine
 from chat_runtime.spec import base_of_adapter
+from chat_runtime.story import Story, StoryTeller, format_turn
+from chat_runtime.votes import settings_of
 
 from . import judge as judging
 
@@ -30,6 +36,11 @@ SETTINGS_FILE, REPLIES_FILE, LOSS_FILE, JUDGED_FILE = "evaluation.json", "replie
 REPORT_FILES = ("report.md", "report.json", "report.png")
 # Settings that change no stored result: a rerun with another value of these still resumes.
 FREE_SETTINGS = ("output_dir", "overwrite", "judge_api_key_env")
+# Story mode tells each story under the storymaker's own narrator instructions, read from the app's
+# folder like the judge's rubrics from training/eval (the training code never imports the app: Gradio).
+STORYMAKER_SYSTEM_PROMPT = Path(__file__).resolve().parents[2] / "storymaker_app" / "system_prompt.md"
+STORY_RUBRIC = judging.DEFAULT_RUBRIC.with_name("story_rubric.md")
+STORY_KEYS = ("title", "genre", "tone")
 
 
 def _help(text: str, **kw):
@@ -50,7 +61,15 @@ class EvalArgs:
     dataset: str | None = _help("a dataset (Hub id or local file) whose conversations are the prompts", default=None)
     dataset_format: str = _help("auto, sharegpt, messages, alpaca, prompt_response", default="auto")
     dataset_split: str = _help("split of a Hub --dataset", default="test")
-    max_rows: int = _help("use at most this many prompts / rows (default source: the run's held-out split)", default=20)
+    story_titles: str | None = _help(
+        'story mode: a JSONL file of stories, one {"title", "genre", "tone"} object a line (genre and tone '
+        "optional), e.g. training/eval/story_titles.jsonl; each model's reply is the storymaker's opening turn "
+        "of each story, judged on training/eval/story_rubric.md (no loss: there are no reference replies)",
+        default=None,
+    )
+    max_rows: int = _help(
+        "use at most this many prompts / rows / stories (default source: the run's held-out split)", default=20
+    )
     system_prompt: str | None = _help(
         "system prompt for prompts without one (default: the model template's)", default=None
     )
@@ -70,7 +89,11 @@ class EvalArgs:
         "environment variable holding the judge server's key (never logged)", default="FINCH_JUDGE_API_KEY"
     )
     judge_max_new_tokens: int = _help("longest judge answer, in tokens", default=64)
-    rubric: str | None = _help("rubric file the judge applies (default: training/eval/rubric.md)", default=None)
+    rubric: str | None = _help(
+        "rubric file the judge applies (default: training/eval/rubric.md; with --story_titles, "
+        "training/eval/story_rubric.md)",
+        default=None,
+    )
     output_dir: str | None = _help("report folder (default: `evaluation` beside a local adapter folder)", default=None)
     overwrite: bool = _help("start over instead of resuming the evaluation in output_dir", default=False)
     trust_remote_code: bool = _help("run a model repo's own Python code (off unless you trust it)", default=False)
@@ -89,6 +112,13 @@ def check(args: EvalArgs) -> None:
         )
     if args.prompts_file and args.dataset:
         problems.append("give --prompts_file or --dataset, not both")
+    if args.story_titles and (args.prompts_file or args.dataset):
+        problems.append("give --story_titles (stories) or --prompts_file / --dataset (prompts), not both")
+    if args.story_titles and args.system_prompt:
+        problems.append(
+            "--system_prompt does not apply with --story_titles: stories are told under the storymaker's own "
+            "(storymaker_app/system_prompt.md); leave it out"
+        )
     if args.judge_url and args.judge_gguf:
         problems.append("give --judge_url (a server) or --judge_gguf (a local file), not both")
     if args.judge_url and not args.judge_model:
@@ -111,6 +141,13 @@ def sampling(args: EvalArgs) -> GenerationParams:
         max_new_tokens=args.max_new_tokens,
         repetition_penalty=args.repetition_penalty,
     )
+
+
+def rubric_file(args: EvalArgs) -> Path:
+    """The rubric the judge applies: --rubric, else the story rubric in story mode, else the default."""
+    if args.rubric:
+        return Path(args.rubric).expanduser()
+    return STORY_RUBRIC if args.story_titles else judging.DEFAULT_RUBRIC
 
 
 def output_dir(args: EvalArgs) -> Path:
@@ -171,6 +208,8 @@ class Rows:
     conversations: list[list[dict]]
     with_reference: bool
     source: str
+    # Story mode: row i is the opening turn of stories[i], and its conversation is what the model is sent.
+    stories: list[Story] | None = None
 
     def prompt(self, i: int) -> list[dict]:
         """The conversation up to and including the last user turn."""
@@ -179,9 +218,12 @@ class Rows:
 
 
 def load_rows(args: EvalArgs) -> Rows:
-    """Prompts from --prompts_file, --dataset, or the held-out split of the adapter's own run."""
+    """Stories from --story_titles, prompts from --prompts_file, --dataset, or the held-out split of the
+    adapter's own run."""
     from . import data
 
+    if args.story_titles:
+        return story_rows(Path(args.story_titles).expanduser(), args.max_rows)
     if args.prompts_file:
         path = Path(args.prompts_file).expanduser()
         if not path.is_file():
@@ -203,6 +245,47 @@ def load_rows(args: EvalArgs) -> Rows:
         raise EvaluationError(f"{source} has no usable conversations")
     conversations = clean.select(range(min(args.max_rows, len(clean))))["messages"]
     return Rows(conversations, True, source)
+
+
+def story_rows(path: Path, max_rows: int) -> Rows:
+    """Each story's conversation as the storymaker sends it: its narrator's system prompt and the opening
+    request (title, genre, tone). The judge reads the same conversation, then the turn."""
+    stories = read_stories(path)[:max_rows]
+    system = STORYMAKER_SYSTEM_PROMPT.read_text(encoding="utf-8").strip()
+    conversations = [
+        [{"role": "system", "content": system}, {"role": "user", "content": story.opening_request()}]
+        for story in stories
+    ]
+    return Rows(
+        conversations, False, f"the story titles in {path} (each reply: the storymaker's opening turn)", stories
+    )
+
+
+def read_stories(path: Path) -> list[Story]:
+    """Stories from a JSONL file of {"title", "genre", "tone"} rows; a bad row is an error naming its line."""
+    shape = 'one {"title": ..., "genre": ..., "tone": ...} object a line (genre and tone optional)'
+    if not path.is_file():
+        raise EvaluationError(f"story titles file {path} does not exist: give a JSONL file with {shape}")
+    stories = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise EvaluationError(f"{path}, line {n}: not JSON; write {shape}") from None
+        if not isinstance(row, dict) or not row.get("title"):
+            raise EvaluationError(f'{path}, line {n}: no "title"; write {shape}')
+        unknown = sorted(set(row) - set(STORY_KEYS))
+        if unknown:  # a misspelt "genre" would otherwise be dropped without a word
+            raise EvaluationError(f"{path}, line {n}: unknown key(s) {', '.join(unknown)}; write {shape}")
+        try:
+            stories.append(Story.new(*(row.get(key, "") for key in STORY_KEYS)))
+        except ValueError as err:  # a title that is not text, or only blanks
+            raise EvaluationError(f"{path}, line {n}: {err}") from None
+    if not stories:
+        raise EvaluationError(f"story titles file {path} has no stories: write {shape}")
+    return stories
 
 
 def _held_out(args: EvalArgs):
@@ -295,6 +378,21 @@ def answer(service: ChatService, prompt: list[dict], default_system: str | None,
     return text
 
 
+def opening_turn(service: ChatService, prompt: list[dict], story: Story, params: GenerationParams) -> str:
+    """The story's opening turn as the storymaker tells it (StoryTeller: its grammar, its fallbacks) under
+    the prompt's system prompt, stored as the text of the turn: the scene, "Choices:", the numbered choices."""
+    system = next(m["content"] for m in prompt if m["role"] == "system")
+    *_, last = StoryTeller(service, system).tell(story, None, params)
+    return format_turn(last.turn.scene, last.turn.choices)
+
+
+def reply_to(service: ChatService, rows: Rows, i: int, args: EvalArgs, params: GenerationParams) -> str:
+    """Row i's reply: a story's opening turn in story mode, else the chat reply to the prompt."""
+    if rows.stories:
+        return opening_turn(service, rows.prompt(i), rows.stories[i], params)
+    return answer(service, rows.prompt(i), args.system_prompt, params)
+
+
 def mean_loss(engine, conversations: list[list[dict]], max_seq_length: int) -> float | None:
     """Token-weighted loss on the assistant replies (the training masks), for a transformers engine."""
     import torch
@@ -335,7 +433,7 @@ def run_side(side: str, spec: ModelSpec, rows: Rows, args: EvalArgs, out: Path) 
                 "side": side,
                 "index": i,
                 "model": engine.label,
-                "reply": answer(service, rows.prompt(i), args.system_prompt, params),
+                "reply": reply_to(service, rows, i, args, params),
             },
         )
     if rows.with_reference and side not in losses:
@@ -416,8 +514,9 @@ def summarize(
         "prompts": n,
         "source": rows.source,
         "judge": judge_info,
-        "settings": asdict(sampling(args)),
-        "rubric": str(Path(args.rubric).expanduser() if args.rubric else judging.DEFAULT_RUBRIC),
+        # The person's settings only: a story turn's grammar and DRY penalty are StoryTeller's, not these.
+        "settings": settings_of(sampling(args)),
+        "rubric": str(rubric_file(args)),
     }
     for side in SIDES:
         scores = [judged[(f"score:{side}", i)] for i in range(n)]
@@ -592,7 +691,7 @@ def evaluate(args: EvalArgs) -> tuple[dict, Path]:
     """Run (or resume) every stage and write the report; returns (report.json's content, the folder)."""
     check(args)
     out = output_dir(args)
-    rubric = judging.load_rubric(args.rubric)
+    rubric = judging.load_rubric(str(rubric_file(args)))
     settings = {k: v for k, v in asdict(args).items() if k != "judge_api_key_env"}
     prepare_folder(out, settings, args.overwrite)
     specs = side_specs(args)
