@@ -1,5 +1,6 @@
 """Load on the chatbot, started as `python app.py` with a small queue (FINCH_QUEUE_SIZE=8): eight
-concurrent gradio_client sessions each get the answer to their own prompt, a client beyond the
+concurrent gradio_client sessions each get the answer to their own prompt (in process, and through
+llama.cpp's server decoding several at once), a client beyond the
 queue's bound is told at once that the app is busy, and the server's memory stays flat."""
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ def server(tmp_path_factory, launch_app):
     proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def server_with_slots(tmp_path_factory, launch_app):
+    """The chatbot in its own process on the llama-server engine (4 slots decoding together): (url, pid)."""
+    log = tmp_path_factory.mktemp("load") / "app-llama-server.log"
+    env = {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE), "FINCH_ENGINE": "llama-server"}
+    proc, port = launch_app(ROOT / "chatbot_app", env, log)
+    yield f"http://127.0.0.1:{port}/", proc.pid
+    proc.terminate()
+    proc.wait(10)
+
+
 def ask(url: str, message: str, **params) -> str:
     client = Client(url, verbose=False)  # a session of its own: no history from another test
     return client.predict(message=message, **params, api_name="/chat")
@@ -45,8 +57,9 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_eight_concurrent_sessions_each_get_their_own_answer(server):
-    url, _ = server
+@pytest.mark.parametrize("app", ["server", "server_with_slots"])
+def test_eight_concurrent_sessions_each_get_their_own_answer(app, request):
+    url, _ = request.getfixturevalue(app)
     prompts = [f"What is the capital of {country}?" for country in COUNTRIES]
     # Alone, at temperature 0, each prompt has one answer; they all differ, so a reply that went to
     # the wrong session (or mixed two) cannot equal its own prompt's answer.
