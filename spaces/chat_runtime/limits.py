@@ -39,7 +39,9 @@ CONTEXT_TOKENS = int(os.environ.get("FINCH_CONTEXT_TOKENS", "0") or 0)
 DEFAULT_CONTEXT_CAP = 4096
 # Generations running at once; more wait in the queue. Unset (None): the engine's own number, 1
 # except llama.cpp's server (its parallel slots); the in-process llama.cpp engine runs one anyway.
-MAX_CONCURRENT_GENERATIONS = _env_int("FINCH_MAX_CONCURRENT", 1) if os.environ.get("FINCH_MAX_CONCURRENT") else None
+MAX_CONCURRENT_GENERATIONS = (
+    _env_int("FINCH_MAX_CONCURRENT", 1) if os.environ.get("FINCH_MAX_CONCURRENT", "").strip() else None
+)
 # Requests waiting in the app's queue; beyond this a client is told the app is busy.
 QUEUE_SIZE = _env_int("FINCH_QUEUE_SIZE", 16)
 # Longest story title (and genre, tone) the storymaker keeps, in characters; longer ones are cut.

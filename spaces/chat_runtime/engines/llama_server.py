@@ -36,8 +36,9 @@ from .server_engine import ChatPrompt, ServerEngine
 
 log = logging.getLogger(__name__)
 
-# Replies decoded together when FINCH_MAX_CONCURRENT is not set: 4 users on 2 cores decode at about
-# 3x one user's tokens/s (docs/BENCHMARKS.md), and each slot holds a whole context of KV cache.
+# Replies decoded together when FINCH_MAX_CONCURRENT is not set: each slot holds a whole context of
+# KV cache, and 4 is the count bench/concurrent_users.py holds to its target (4 users at >= 2.5x
+# one user's tokens/s on 2 cores; not yet measured on a quiet machine).
 DEFAULT_SLOTS = 4
 # Longest wait for the server to load its model (a 1B q4_k_m loads in a few seconds here).
 START_SECONDS = 120.0
