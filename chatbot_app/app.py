@@ -58,6 +58,8 @@ def respond(message, history, system_prompt, temperature, top_p, max_new_tokens,
     except ValueError as err:
         yield notice(err)
         return
+    if first.notice:
+        gr.Warning(first.notice)
     if first.dropped_messages:
         gr.Warning(
             f"The conversation is longer than the model's context: the {first.dropped_messages} oldest "

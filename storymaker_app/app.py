@@ -101,6 +101,8 @@ def tell(story: Story, action: str | None, settings: tuple, before: Story | None
     except ValueError as err:
         yield page(before, notice=str(err))
         return
+    if first.notice:
+        gr.Warning(first.notice)
     if first.dropped_messages:
         gr.Warning(
             f"The story is longer than the model's context: its {first.dropped_messages // 2} earliest turns "

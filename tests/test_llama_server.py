@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from chat_runtime import ChatService, GenerationParams, ModelSpec
+from chat_runtime.engines.llama_server import RESTARTED
 
 pytestmark = pytest.mark.e2e
 
@@ -74,12 +75,18 @@ def test_stop_ends_only_that_users_reply(served):
     assert busy_slots(service.engine) == 0 and service.active == 0
 
 
-def test_a_server_that_died_is_started_again_on_the_next_reply(served):
+def test_a_server_that_died_is_started_again_on_the_next_reply_with_a_notice(served):
     service, alone = served
     service.engine.server.process.kill()
     service.engine.server.process.wait()
-    assert reply(service, QUESTIONS[2]) == alone[QUESTIONS[2]]
-    assert service.engine.server.alive()
+    stream = service.reply(QUESTIONS[2], [], None, PARAMS)
+    first = next(stream)
+    assert first.notice == RESTARTED  # the app shows it to this user
+    *_, last = stream
+    assert last.text == alone[QUESTIONS[2]] and service.engine.server.alive()
+    again = service.reply(QUESTIONS[2], [], None, PARAMS)
+    assert next(again).notice == ""  # only the reply that found it dead
+    again.close()
 
 
 def test_the_server_ends_with_the_app_even_when_the_app_is_killed(embedded_gguf, repo_root):

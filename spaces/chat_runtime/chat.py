@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Reply:
-    """The reply so far, and how many earlier messages were left out to fit the context."""
+    """The reply so far, how many earlier messages were left out to fit the context, and what the
+    engine had to do first that the user should know of (its server restarted), if anything."""
 
     text: str
     dropped_messages: int = 0
+    notice: str = ""
 
 
 class ChatService:
@@ -117,7 +119,7 @@ class ChatService:
                 # Called before the first update: the server engine connects here, so a down server
                 # is reported where apps show bad input (the local engines start on the first piece).
                 pieces = self.engine.stream(prompt, params, cancel)
-                yield Reply("", dropped)
+                yield Reply("", dropped, getattr(pieces, "notice", ""))
                 for piece in pieces:
                     text += piece
                     yield Reply(text, dropped)

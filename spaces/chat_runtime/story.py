@@ -246,6 +246,7 @@ class Progress:
 
     text: str
     dropped_messages: int = 0
+    notice: str = ""  # the engine's (its server restarted), on the first update
     finding_choices: bool = False  # the model is being asked again for choices
     turn: Turn | None = None
 
@@ -465,7 +466,7 @@ class StoryTeller:
         try:
             for pieces, reply in enumerate(stream):
                 text, dropped = reply.text, reply.dropped_messages
-                yield Progress(scene_so_far(text), dropped)
+                yield Progress(scene_so_far(text), dropped, reply.notice)
         finally:
             stream.close()
         # llama.cpp streams a piece per token, so a reply with as many pieces as its token limit

@@ -36,14 +36,17 @@ from .server_engine import ChatPrompt, ServerEngine
 
 log = logging.getLogger(__name__)
 
-# Replies decoded together when FINCH_MAX_CONCURRENT is not set: each slot holds a whole context of
-# KV cache, and 4 is the count bench/concurrent_users.py holds to its target (4 users at >= 2.5x
-# one user's tokens/s on 2 cores; not yet measured on a quiet machine).
+# Replies decoded together when FINCH_MAX_CONCURRENT is not set; each slot holds a whole context of
+# KV cache. On 2 cores (bench/concurrent_users.py, 1B q4_k_m) 4 users together decode at 1.3-1.5x
+# one user's tokens/s and each sees a first token within 0.6 s; more slots would only share the
+# same arithmetic more thinly.
 DEFAULT_SLOTS = 4
 # Longest wait for the server to load its model (a 1B q4_k_m loads in a few seconds here).
 START_SECONDS = 120.0
 # Lines of the server's own log kept, to say why it would not start.
 LOG_LINES = 40
+# What the user whose message found the server dead is told (the reply follows as usual).
+RESTARTED = "The model's server had stopped and was started again; replies being written then were lost."
 
 
 def binary() -> str | None:
@@ -169,9 +172,14 @@ class LlamaServerEngine(ServerEngine):
             return None
 
     def stream(self, prompt: ChatPrompt, params: GenerationParams, cancel: threading.Event):
-        """As the server engine; a server that has died is started again first."""
+        """As the server engine; a server that has died is started again first, and the reply's
+        pieces then carry a notice saying so."""
+        notice = ""
         with self._restart_lock:
             if not self.server.alive():
                 log.warning("llama-server had stopped (exit status %s): starting it again", self.server.process.poll())
                 self.root = self.server.start()
-        return super().stream(prompt, params, cancel)
+                notice = RESTARTED
+        pieces = super().stream(prompt, params, cancel)
+        pieces.notice = notice
+        return pieces
