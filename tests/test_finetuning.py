@@ -190,9 +190,50 @@ def test_methods_that_cannot_run_together_are_refused_with_the_fix():
     full = {"lora_alpha": 16, "finetuning": "full"}
     assert "to go on from a full fine-tune, pass its folder as --model" in _problems(adapter="runs/x/adapter", **full)
     assert "finetuning 'adapter' is not one of lora, qlora, full, prefix, ptuning" in _problems(finetuning="adapter")
+    assert "padding_free batches sft rows on lora, qlora or full" in _problems(padding_free=True, **prefix)
+    assert "padding_free batches sft rows" in _problems(padding_free=True, method="dpo")
     # there is no 4-bit full fine-tune to ask for: 4-bit is qlora, one value of the same setting
     assert config.ModelArgs(finetuning="full").load_in_4bit is False
     assert config.ModelArgs(finetuning="qlora").load_in_4bit is True
+
+
+@pytest.mark.e2e
+@pytest.mark.trains
+def test_a_padding_free_batch_gives_the_loss_of_the_same_rows_padded(embedded_hf, tmp_path):
+    """Finch's SFT trainer with padding_free: four sample rows of different lengths laid end to end
+    (one row, no padding token) give the loss the same rows padded to the longest give."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from finetune import data, masking
+    from finetune.loop import sft_trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_hf)
+    masking.prepare_tokenizer(tokenizer)
+    prepared = data.prepare([str(ROOT / "training/data/sample_sharegpt.jsonl")], ["sharegpt"], [1.0], 0.0, 3407)
+    rows, _ = masking.tokenize(prepared.train.select(range(4)), tokenizer, 256)
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    assert len(set(lengths)) > 1, lengths  # padding to the longest would add tokens
+    model = AutoModelForCausalLM.from_pretrained(embedded_hf, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"])).eval()
+    losses = {}
+    for free in (False, True):
+        config = SFTConfig(
+            output_dir=str(tmp_path / f"free-{free}"),
+            padding_free=free,
+            max_length=None,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            use_cpu=True,
+            report_to=[],
+        )
+        trainer = sft_trainer()(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
+        batch = trainer.data_collator(list(rows))
+        assert batch["input_ids"].shape == ((1, sum(lengths)) if free else (4, max(lengths)))
+        with torch.no_grad():
+            losses[free] = trainer.compute_loss(model, batch).item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5), losses
 
 
 @pytest.mark.e2e  # a subprocess that imports trl: seconds, not milliseconds

@@ -105,6 +105,13 @@ class DataArgs:
 class TrainArgs:
     per_device_train_batch_size: int = _help("sequences per step per device", default=2)
     gradient_accumulation_steps: int = _help("steps accumulated per optimizer update", default=4)
+    padding_free: bool = _help(
+        "sft: lay a batch's rows end to end instead of padding them to the longest; each row keeps its "
+        "own positions and attends only to itself (transformers' masks for packed rows), so the loss "
+        "is the padded batch's and no padding is computed. Not for prefix / ptuning (their virtual "
+        "tokens need rows of their own) or dpo / orpo",
+        default=False,
+    )
     learning_rate: float = _help("peak learning rate", default=2e-4)
     warmup_steps: int = _help("linear warm-up steps (warmup_ratio, when set, replaces it)", default=5)
     warmup_ratio: float = _help(
@@ -303,6 +310,8 @@ def check(
         problems.append(f"adapter_checkpoint {out.adapter_checkpoint!r} is not one of {', '.join(ADAPTER_CHECKPOINTS)}")
     if not 0 <= train.warmup_ratio < 1 or not 0 <= train.min_lr_ratio <= 1:
         problems.append("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+    if train.padding_free and (model.finetuning in ("prefix", "ptuning") or (method and method.method != "sft")):
+        problems.append("padding_free batches sft rows on lora, qlora or full: set it to false here")
     if data.eval_max_rows < 0:
         problems.append(f"eval_max_rows must be >= 0, got {data.eval_max_rows}")
     if data.dataset_rows and len(data.dataset_rows) != len(data.dataset):

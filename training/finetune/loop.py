@@ -87,6 +87,7 @@ def trainer_kwargs(
         fp16=device.compute_dtype == "float16",
         use_cpu=device.kind == "cpu",
         gradient_checkpointing=gradient_checkpointing,
+        **({"padding_free": True} if train.padding_free else {}),  # an SFTConfig field; check() keeps it to sft
         report_to=list(train.report_to) or "none",  # TensorBoard is attached in callbacks(), writing to run_dir/logs
         run_name=run_dir.name,
         **({"project": "finch"} if "trackio" in train.report_to else {}),
@@ -212,25 +213,6 @@ class SamplesAtEval(TrainerCallback):
         model.train(was_training)
 
 
-def sft_config(
-    train: TrainArgs,
-    run_dir: Path,
-    device: Device,
-    optim: str,
-    has_eval: bool,
-    gradient_checkpointing: bool,
-    processes: int = 1,
-):
-    """trl SFTConfig from our recipe. Data comes tokenized with labels, so trl only batches it."""
-    from trl import SFTConfig
-
-    return SFTConfig(
-        **trainer_kwargs(train, run_dir, device, optim, has_eval, gradient_checkpointing, processes),
-        max_length=None,
-        dataset_kwargs={"skip_prepare_dataset": True},
-    )  # already truncated
-
-
 def callbacks(patience: int, has_eval: bool, log_dir: Path) -> tuple[NanGuard, list]:
     """Every method's callbacks: NaN guard, TensorBoard in the run folder, early stopping."""
     from transformers.integrations import TensorBoardCallback
@@ -269,6 +251,13 @@ def sft_trainer():
             if encoder is not None and Path(output_dir or "").name.startswith("checkpoint-"):
                 tensors = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
                 save_file(tensors, str(Path(output_dir) / ENCODER_FILE))
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            # With a KV cache, transformers leaves out the per-row masks of a padding-free batch, and
+            # its rows would attend to each other (a loss of 2.02 where the padded batch gives 1.79).
+            if getattr(self, "padding_free", False):  # trl's attribute; Unsloth's trainer may differ
+                inputs = {**inputs, "use_cache": False}
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
