@@ -153,6 +153,7 @@ class LlamaServerEngine(ServerEngine):
         threads = int(os.environ.get("FINCH_THREADS", "0")) or len(os.sched_getaffinity(0))
         command = [program, "--model", path, "--host", "127.0.0.1", "--parallel", str(self.max_concurrent)]
         command += ["--ctx-size", str(per_slot * self.max_concurrent), "--threads", str(threads), "--no-webui"]
+        command += ["--metrics"]  # Prometheus counters on 127.0.0.1 (tokens decoded, requests), for watching it
         command += ["--lora", lora] if lora else []
         self.server = LlamaServerProcess(command)
         self._restart_lock = threading.Lock()
