@@ -201,11 +201,12 @@ def test_methods_that_cannot_run_together_are_refused_with_the_fix():
 @pytest.mark.trains
 def test_a_padding_free_batch_gives_the_loss_of_the_same_rows_padded(embedded_hf, tmp_path):
     """Finch's SFT trainer with padding_free: four sample rows of different lengths laid end to end
-    (one row, no padding token) give the loss the same rows padded to the longest give."""
+    (one row, no padding token) give the loss the same rows padded to the longest give, and that is
+    trl's own loss (Finch computes it at the labelled positions only on a CPU)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig
+    from trl import SFTConfig, SFTTrainer
 
     from finetune import data, masking
     from finetune.loop import sft_trainer
@@ -233,7 +234,10 @@ def test_a_padding_free_batch_gives_the_loss_of_the_same_rows_padded(embedded_hf
         assert batch["input_ids"].shape == ((1, sum(lengths)) if free else (4, max(lengths)))
         with torch.no_grad():
             losses[free] = trainer.compute_loss(model, batch).item()
+            if not free:
+                losses["trl"] = SFTTrainer.compute_loss(trainer, model, batch).item()
     assert losses[True] == pytest.approx(losses[False], rel=1e-5), losses
+    assert losses[False] == pytest.approx(losses["trl"], rel=1e-5), losses
 
 
 @pytest.mark.e2e  # a subprocess that imports trl: seconds, not milliseconds

@@ -235,6 +235,37 @@ def prompt_encoder(model):
     return model.prompt_encoder[model.active_adapter] if config and config.peft_type == "P_TUNING" else None
 
 
+def scores_labelled_only(model, device: str) -> bool:
+    """Whether a training step computes its logits at the labelled positions alone: on a CPU, where
+    trl's fused LM head scores every position (it keeps to the labelled ones only on Triton GPUs)
+    and recomputes them in its backward pass, and not for prefix / p-tuning, whose virtual tokens
+    shift the positions. The CPU recipe trains 1.3x faster so, to the same loss (bench/train_speed.py)."""
+    config = getattr(model, "active_peft_config", None)
+    prompt_learning = config is not None and config.peft_type in ("PREFIX_TUNING", "P_TUNING")
+    return device == "cpu" and not prompt_learning
+
+
+def labelled_loss(model, inputs: dict, num_items_in_batch):
+    """Next-token cross-entropy over the positions whose next token has a label, with the model's LM
+    head run at those positions only (transformers' `logits_to_keep` given positions); the mean
+    over the accumulated batch's labelled tokens, as transformers' own loss takes it. trl's entropy
+    and token-accuracy metrics are not logged then."""
+    import torch
+
+    # No KV cache: with one, transformers leaves out a padding-free batch's per-row masks (as trl's own
+    # loss also turns it off).
+    inputs = {**inputs, "use_cache": False}
+    targets = inputs.pop("labels")[:, 1:]
+    keep = (targets != -100).any(0).nonzero().squeeze(1)  # positions predicting a labelled token, any row
+    logits = model(**inputs, logits_to_keep=keep).logits
+    targets = targets[:, keep]
+    total = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    return total / count
+
+
 def sft_trainer():
     """trl's SFTTrainer, whose checkpoints keep a p-tuning encoder whole. peft saves p-tuning as the
     prompt its encoder computes, and loads that into the encoder's input on a resume: the resumed
@@ -252,12 +283,13 @@ def sft_trainer():
                 tensors = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
                 save_file(tensors, str(Path(output_dir) / ENCODER_FILE))
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            # With a KV cache, transformers leaves out the per-row masks of a padding-free batch, and
-            # its rows would attend to each other (a loss of 2.02 where the padded batch gives 1.79).
-            if getattr(self, "padding_free", False):  # trl's attribute; Unsloth's trainer may differ
-                inputs = {**inputs, "use_cache": False}
-            return super().compute_loss(model, inputs, *args, **kwargs)
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not scores_labelled_only(self.accelerator.unwrap_model(model), self.args.device.type):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = labelled_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as transformers does: DDP averages the gradients
+            return loss
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
