@@ -36,7 +36,7 @@ class VerifyArgs:
         default=None,
         metadata={
             "help": "with --adapter: the base to use instead of the one the adapter names; alone: a whole "
-            "model to check (a full fine-tune's runs/NAME/model: the model in fp32, then its GGUF files)"
+            "model to check (a full fine-tune's runs/NAME/model: the model, fp32 on a CPU and its compute dtype on a GPU, then its GGUF files)"
         },
     )
     quant: list[str] = field(

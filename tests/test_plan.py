@@ -109,3 +109,21 @@ def test_the_eval_sample_is_capped_and_the_same_rows_every_time():
     again = data.prepare([sample], ["sharegpt"], [1.0], 0.1, 3407, eval_max_rows=10)
     assert len(first.eval) == 10 and first.eval["messages"] == again.eval["messages"]
     assert len(first.train) == 257  # the capped rows stay held out: training data is unchanged
+
+
+def test_the_fidelity_check_after_training_is_in_the_plan_and_a_3b_reference_fits_a_16_gb_card():
+    from finetune import budget
+
+    kannada = recipe_settings(ROOT / "training" / "recipes" / "llama32-3b-kannada.yaml")
+    plan = budget.estimate(kannada)
+    # peft reference, merge, and the three GGUF files of verify_quants
+    assert plan.fidelity_hops == 2 + len(kannada["verify_quants"]) == 5
+    # 3.2B weights in 16 bits: 6.0 GiB, where fp32 would take 12.0 GiB beside the trained 4-bit model
+    assert plan.fidelity_gpu_gib == pytest.approx(3.213e9 * 2 / 2**30, abs=0.1) and plan.fidelity_gpu_gib < 8
+    assert plan.fidelity_disk_gib > plan.fidelity_gpu_gib and plan.fidelity_cpu_minutes > 0
+    assert "fidelity check  5 hops" in budget.describe(plan)
+    full = budget.estimate({**kannada, "finetuning": "full"})
+    assert full.fidelity_hops == 4  # no merge: the model itself is the reference
+    for off in ({"verify": False}, {"finetuning": "prefix"}):
+        plan = budget.estimate({**kannada, **off})
+        assert plan.fidelity_hops == 0 and "none after training" in budget.describe(plan)

@@ -1,7 +1,9 @@
 """Fidelity: does a fine-tune answer the same after every hop on its way to users?
 
 The same fixed prompts run greedily through each hop:
-  peft      base + adapter, unmerged, fp32: the reference (what training evaluated)
+  peft      base + adapter, unmerged: the reference (what training evaluated), in fp32 on a CPU
+            and in the GPU's compute dtype on a GPU (bf16, or fp16 on a T4: a 3B model's 6.4 GB
+            instead of fp32's 12.9 GB, so it fits a 16 GB card beside the trained model)
   merged    the adapter merged into its base in 16-bit (what the converter reads)
   gguf-*    the GGUF files on llama.cpp, prompted through the runtime's own llama.cpp engine
 and each hop is compared with the one before it and with the reference: the share of prompts
@@ -134,17 +136,17 @@ class Report:
         lines = [
             f"| hop | first {self.agree_tokens} tokens agree with the previous hop | with {self.hops[0].name} "
             f"(reference) | with {self.hops[0].name}, or part at a near tie | replies ending with EOS (max {self.max_new_tokens} new) "
-            "| same prompt ids |",
-            "|---|---|---|---|---|---|",
+            "| same prompt ids | seconds |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in self.rows():
             prev = f"{pct(r['vs_previous'])} ({r['previous']})" if r["previous"] else "-"
             lines.append(
                 f"| {r['hop']} | {prev} | {pct(r['vs_reference'])} | {pct(r['vs_reference_but_near_ties'])} "
                 f"| {pct(r['ended_with_eos'])} "
-                f"| {'yes' if r['same_prompt_ids'] else 'NO: template drift'} |"
+                f"| {'yes' if r['same_prompt_ids'] else 'NO: template drift'} | {r['seconds']:.1f} |"
             )
-        lines += [f"| {name} | skipped: {why} | | | | |" for name, why in self.skipped.items()]
+        lines += [f"| {name} | skipped: {why} | | | | | |" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
     def markdown(self) -> str:
@@ -220,16 +222,26 @@ def greedy_batch(
     return replies, row_margins
 
 
+def reference_dtype() -> tuple[str, str]:
+    """(device, dtype) of the transformers hops: fp32 on a CPU; on a GPU its compute dtype, bf16 where
+    it has bf16 and fp16 on older cards (a T4), the dtype the merge and training computed in."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu", "float32"
+    return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
 def transformers_hop(
     name: str, model_dir: Path, adapter_dir: Path | None, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int
 ) -> Hop:
-    """Greedy replies of an HF model (+ adapter) in fp32."""
+    """Greedy replies of an HF model (+ adapter), in `reference_dtype()`."""
     import torch
     from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    device, dtype = reference_dtype()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), use_safetensors=True)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -313,7 +325,7 @@ def verify_adapter(
     report = Report(list(prompts), agree_tokens, max_new_tokens)
     scratch = Path(tempfile.mkdtemp(prefix=".finch-verify-", dir=work_dir))
     try:
-        log.info("verify: base + adapter (peft, fp32)")
+        log.info("verify: base + adapter (peft, %s)", reference_dtype()[1])
         report.hops.append(transformers_hop("peft", base_dir, adapter_dir, tokenizer, prompt_ids, max_new_tokens))
         log.info("verify: merged model (16-bit merge)")
         merged = merged or merge_adapter(base_dir, adapter_dir, scratch / "merged", "float16")
@@ -336,7 +348,7 @@ def verify_model(
     work_dir: Path | None = None,
     cache: Path | None = None,
 ) -> Report:
-    """Every hop for a whole model (a full fine-tune): the model in fp32 (the reference), then its GGUF
+    """Every hop for a whole model (a full fine-tune): the model (the reference, in `reference_dtype()`), then its GGUF
     files on llama.cpp; no adapter, so no merge."""
     from transformers import AutoTokenizer
 
@@ -351,7 +363,7 @@ def verify_model(
     report = Report(list(prompts), agree_tokens, max_new_tokens)
     scratch = Path(tempfile.mkdtemp(prefix=".finch-verify-", dir=work_dir))
     try:
-        log.info("verify: the model (fp32)")
+        log.info("verify: the model (%s)", reference_dtype()[1])
         report.hops.append(transformers_hop("model", model_dir, None, tokenizer, prompt_ids, max_new_tokens))
         ggufs = dict(ggufs) if ggufs is not None else _export(model_dir, scratch, list(quants), cache, report)
         _gguf_hops(report, ggufs, messages, prompt_ids)

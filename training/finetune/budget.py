@@ -69,6 +69,15 @@ T4_EFFECTIVE_FLOPS = 16e12
 BYTES_PER_TRAINABLE = 4 + 8  # a checkpoint: fp32 adapter + Adam's two fp32 moments
 EVAL_SHARE_LIMIT = 0.10  # what the shipped recipes keep to
 
+# The fidelity check after training (gguf/verify.py): 10 prompts, up to 128 greedy tokens each, per
+# hop: the reference (base + adapter) and the merge on the GPU in 16 bits (fp16 on a T4), then each
+# GGUF file on llama.cpp on the CPU, where a token reads the whole file (decode is memory-bound).
+FIDELITY_PROMPTS, FIDELITY_TOKENS = 10, 128
+GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 1.0625, "q5_k_m": 0.71, "q4_k_m": 0.61}
+# Bytes a CPU decode reads per second: the 1B q4_k_m (803 MB) decodes at 34-36 tok/s alone on 2 EPYC
+# Zen 4 cores (bench/concurrent_users.py); a slower host takes longer than the plan says.
+CPU_DECODE_BYTES_PER_S = 28e9
+
 
 @dataclass
 class Budget:
@@ -95,6 +104,10 @@ class Budget:
     t4_hours: float | None
     train_forward_passes: int  # per row
     eval_forward_passes: int
+    fidelity_hops: int  # 0: no fidelity check after training
+    fidelity_gpu_gib: float | None  # the 16-bit reference's weights on the GPU
+    fidelity_disk_gib: float | None  # its scratch folder: the 16-bit merge and the GGUF files
+    fidelity_cpu_minutes: float | None  # the GGUF hops' decoding, at most (every reply to the limit)
 
 
 def _local_rows(path: Path) -> tuple[int, float]:
@@ -220,6 +233,22 @@ def checkpoints_for(steps: int, save_steps: int, eval_steps: int) -> int:
     return len(saved)
 
 
+def fidelity_cost(recipe: dict, params: float | None) -> tuple[int, float | None, float | None, float | None]:
+    """(hops, GPU GiB, scratch disk GiB, CPU minutes) of the fidelity check after training. A full
+    fine-tune has no merge hop; prefix / p-tuning have no GGUF, so no check."""
+    if not recipe.get("verify") or recipe.get("finetuning") in ("prefix", "ptuning"):
+        return 0, None, None, None
+    quants = [q for q in recipe.get("verify_quants") or [] if q in GGUF_BYTES_PER_WEIGHT]
+    merge = recipe.get("finetuning") != "full"
+    hops = 1 + merge + len(quants)
+    if not params:
+        return hops, None, None, None
+    gguf_bytes = [params * GGUF_BYTES_PER_WEIGHT[q] for q in quants]
+    disk = 2 * params * merge + sum(gguf_bytes)
+    seconds = sum(FIDELITY_PROMPTS * FIDELITY_TOKENS * size / CPU_DECODE_BYTES_PER_S for size in gguf_bytes)
+    return hops, round(2 * params / 2**30, 1), round(disk / 2**30, 1), round(seconds / 60, 1)
+
+
 def estimate(recipe: dict, processes: int = 1) -> Budget:
     """The plan of a run with these settings (the resolved recipe's keys)."""
     r = recipe
@@ -256,6 +285,7 @@ def estimate(recipe: dict, processes: int = 1) -> Budget:
         forward_flops = 2 * shape["params"] * tokens_per_row  # one forward pass over one row
         passes = steps * global_batch * train_fwd + evaluations * eval_rows * eval_fwd
         hours = forward_flops * passes / T4_EFFECTIVE_FLOPS / 3600
+    hops, fidelity_gpu, fidelity_disk, fidelity_minutes = fidelity_cost(r, shape["params"] if shape else None)
     return Budget(
         rows=rows,
         rows_source=source,
@@ -278,6 +308,10 @@ def estimate(recipe: dict, processes: int = 1) -> Budget:
         t4_hours=round(hours, 2) if hours else None,
         train_forward_passes=train_fwd,
         eval_forward_passes=eval_fwd,
+        fidelity_hops=hops,
+        fidelity_gpu_gib=fidelity_gpu,
+        fidelity_disk_gib=fidelity_disk,
+        fidelity_cpu_minutes=fidelity_minutes,
     )
 
 
@@ -305,8 +339,20 @@ def describe(b: Budget) -> str:
         f"{_n(b.checkpoint_mb, ',.1f')} MiB each, {_n(b.checkpoints_disk_mb, ',.1f')} MiB in all",
         f"  trainable       {_n(b.trainable_params)} weights trained, on a {_n(b.model_params, ',.0f')}-weight model",
         f"  on a T4         about {_n(b.t4_hours, ',.1f')} hours (at {T4_EFFECTIVE_FLOPS / 1e12:.0f} TFLOP/s effective)",
+        fidelity_line(b),
     ]
     return "\n".join(lines)
+
+
+def fidelity_line(b: Budget) -> str:
+    """The fidelity check's line of the plan."""
+    if not b.fidelity_hops:
+        return "  fidelity check  none after training"
+    return (
+        f"  fidelity check  {b.fidelity_hops} hops of {FIDELITY_PROMPTS} prompts: {_n(b.fidelity_gpu_gib)} GiB "
+        f"on the GPU (16-bit reference), {_n(b.fidelity_disk_gib)} GiB of scratch disk, up to "
+        f"{_n(b.fidelity_cpu_minutes)} min of GGUF decoding on the CPU"
+    )
 
 
 def write(run_dir: Path, b: Budget) -> Path:
