@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from chat_runtime.precision import pick_dtype_name
 from chat_runtime.spec import require_safetensors
 from chat_runtime.templating import Message, encode, segments
 
@@ -223,13 +224,13 @@ def greedy_batch(
 
 
 def reference_dtype() -> tuple[str, str]:
-    """(device, dtype) of the transformers hops: fp32 on a CPU; on a GPU its compute dtype, bf16 where
-    it has bf16 and fp16 on older cards (a T4), the dtype the merge and training computed in."""
+    """(device, dtype) of the transformers hops: fp32 on a CPU; on a GPU its compute dtype as training
+    and serving pick it (bf16 from Ampere, fp16 on older cards such as a T4)."""
     import torch
 
-    if not torch.cuda.is_available():
-        return "cpu", "float32"
-    return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    capability = torch.cuda.get_device_capability() if device == "cuda" else None
+    return device, pick_dtype_name(device, capability)
 
 
 def transformers_hop(

@@ -69,11 +69,9 @@ T4_EFFECTIVE_FLOPS = 16e12
 BYTES_PER_TRAINABLE = 4 + 8  # a checkpoint: fp32 adapter + Adam's two fp32 moments
 EVAL_SHARE_LIMIT = 0.10  # what the shipped recipes keep to
 
-# The fidelity check after training (gguf/verify.py): 10 prompts, up to 128 greedy tokens each, per
+# The fidelity check after training (gguf/verify.py): its prompts, up to its token limit each, per
 # hop: the reference (base + adapter) and the merge on the GPU in 16 bits (fp16 on a T4), then each
 # GGUF file on llama.cpp on the CPU, where a token reads the whole file (decode is memory-bound).
-FIDELITY_PROMPTS, FIDELITY_TOKENS = 10, 128
-GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 1.0625, "q5_k_m": 0.71, "q4_k_m": 0.61}
 # Bytes a CPU decode reads per second: the 1B q4_k_m (803 MB) decodes at 34-36 tok/s alone on 2 EPYC
 # Zen 4 cores (bench/concurrent_users.py); a slower host takes longer than the plan says.
 CPU_DECODE_BYTES_PER_S = 28e9
@@ -236,16 +234,19 @@ def checkpoints_for(steps: int, save_steps: int, eval_steps: int) -> int:
 def fidelity_cost(recipe: dict, params: float | None) -> tuple[int, float | None, float | None, float | None]:
     """(hops, GPU GiB, scratch disk GiB, CPU minutes) of the fidelity check after training. A full
     fine-tune has no merge hop; prefix / p-tuning have no GGUF, so no check."""
+    from gguf_export.quants import QUANTS
+    from gguf_export.verify import MAX_NEW_TOKENS, PROMPTS
+
     if not recipe.get("verify") or recipe.get("finetuning") in ("prefix", "ptuning"):
         return 0, None, None, None
-    quants = [q for q in recipe.get("verify_quants") or [] if q in GGUF_BYTES_PER_WEIGHT]
+    quants = [QUANTS[q] for q in recipe.get("verify_quants") or [] if q in QUANTS]
     merge = recipe.get("finetuning") != "full"
     hops = 1 + merge + len(quants)
     if not params:
         return hops, None, None, None
-    gguf_bytes = [params * GGUF_BYTES_PER_WEIGHT[q] for q in quants]
+    gguf_bytes = [params * q.bpw / 8 for q in quants]
     disk = 2 * params * merge + sum(gguf_bytes)
-    seconds = sum(FIDELITY_PROMPTS * FIDELITY_TOKENS * size / CPU_DECODE_BYTES_PER_S for size in gguf_bytes)
+    seconds = sum(len(PROMPTS) * MAX_NEW_TOKENS * size / CPU_DECODE_BYTES_PER_S for size in gguf_bytes)
     return hops, round(2 * params / 2**30, 1), round(disk / 2**30, 1), round(seconds / 60, 1)
 
 
@@ -346,10 +347,12 @@ def describe(b: Budget) -> str:
 
 def fidelity_line(b: Budget) -> str:
     """The fidelity check's line of the plan."""
+    from gguf_export.verify import PROMPTS
+
     if not b.fidelity_hops:
         return "  fidelity check  none after training"
     return (
-        f"  fidelity check  {b.fidelity_hops} hops of {FIDELITY_PROMPTS} prompts: {_n(b.fidelity_gpu_gib)} GiB "
+        f"  fidelity check  {b.fidelity_hops} hops of {len(PROMPTS)} prompts: {_n(b.fidelity_gpu_gib)} GiB "
         f"on the GPU (16-bit reference), {_n(b.fidelity_disk_gib)} GiB of scratch disk, up to "
         f"{_n(b.fidelity_cpu_minutes)} min of GGUF decoding on the CPU"
     )

@@ -241,8 +241,7 @@ def scores_labelled_only(model, device: str) -> bool:
     and recomputes them in its backward pass, and not for prefix / p-tuning, whose virtual tokens
     shift the positions. The CPU recipe trains 1.3x faster so, to the same loss (bench/train_speed.py)."""
     config = getattr(model, "active_peft_config", None)
-    prompt_learning = config is not None and config.peft_type in ("PREFIX_TUNING", "P_TUNING")
-    return device == "cpu" and not prompt_learning
+    return device == "cpu" and not getattr(config, "is_prompt_learning", False)
 
 
 def labelled_loss(model, inputs: dict, num_items_in_batch):

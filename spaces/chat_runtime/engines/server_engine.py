@@ -301,6 +301,8 @@ class _Pieces:
 
     A class, not a generator, so `close()` drops the connection even before the first piece."""
 
+    notice = ""  # what the user should know of before this reply (llama-server: it was restarted)
+
     def __init__(self, response: httpx.Response, cancel: threading.Event, fail):
         self.response, self.cancel, self.fail = response, cancel, fail
         self._pieces = self._read()
