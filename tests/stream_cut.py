@@ -4,7 +4,8 @@ Killing a server "mid-reply" races the server itself: a short reply can be compl
 lands, most often when the machine is busy and the app reads slowly. The relay takes that race
 away: once `hold_after(n)` is armed, a response stream is forwarded up to its n-th server-sent
 `data:` event and nothing after it, so when the server then dies, the app has seen part of a reply
-and never its end. Everything else is passed through byte for byte; a connection to a server that
+and never its end. `cut_next()` ends a connection after a reply's headers, as a server that closes
+a kept-alive connection with the next request already on it. Everything else is passed through byte for byte; a connection to a server that
 is down is reset, which an HTTP client sees as the server not being reachable.
 """
 
@@ -26,6 +27,7 @@ class StreamCut:
         self.port = self._listener.getsockname()[1]
         self._hold: tuple[int, int] | None = None  # (arming number, events), read by every stream
         self._armed = 0
+        self._cuts = 0  # response streams still to cut before their first event
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -41,6 +43,11 @@ class StreamCut:
 
     def release(self) -> None:
         self._hold = None
+
+    def cut_next(self, replies: int = 1) -> None:
+        """The next `replies` response streams are forwarded up to their first `data:` event, and
+        their connections then closed: a server closing a kept-alive connection with a request on it."""
+        self._cuts = replies
 
     def close(self) -> None:
         self._listener.close()
@@ -78,12 +85,18 @@ class StreamCut:
     def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
         """Copy one direction until its end, and pass the end on as it came: an orderly close as an
         orderly close (a killed server's kernel closes its sockets so), a reset as a reset."""
-        armed, events, tail = 0, 0, b""
+        armed, events, tail, cut_tail = 0, 0, b"", b""
         holding = False
         try:
             while data := source.recv(65536):
                 if holding:
                     continue  # read and dropped: the app sees a reply that has stopped coming
+                if downstream and self._cuts:
+                    data, began, _, cut_tail = _up_to_event(data, 0, 0, cut_tail)
+                    if began:
+                        self._cuts -= 1
+                        sink.sendall(data)
+                        break  # the headers went, no text: the connection ends here
                 hold = self._hold if downstream else None
                 if hold is not None:
                     if hold[0] != armed:  # armed since this connection's last reply: count afresh

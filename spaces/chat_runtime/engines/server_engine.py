@@ -184,8 +184,22 @@ class ServerEngine:
         dry_fields = DRY_FIELDS.get(self._family()) if params.dry_multiplier else None
         if dry_fields:
             body.update(dry_fields(params.dry_multiplier))
-        response = self._send("POST", "/v1/chat/completions", body, stream=True)
-        return _Pieces(response, cancel, self._fail)
+        try:
+            return self._open_reply(body, cancel)
+        except httpx.TransportError as err:
+            # A server may close a kept-alive connection just after a failed reply while the next
+            # request is already on it (llama-cpp-python's server does after a prompt beyond its
+            # context, most often when busy): that reply is cut before any text. Nothing reached
+            # the user, so it goes once more, on a fresh connection; a second cut is the answer.
+            log.info("the inference server cut a reply before any text (%s): sending it once more", type(err).__name__)
+        try:
+            return self._open_reply(body, cancel)
+        except httpx.TransportError as err:
+            raise self._fail(f"{EARLY_END} Or try again ({type(err).__name__}).") from None
+
+    def _open_reply(self, body: dict, cancel: threading.Event) -> "_Pieces":
+        """The reply's pieces, its first piece already read; a cut before any text raises httpx's error."""
+        return _Pieces(self._send("POST", "/v1/chat/completions", body, stream=True), cancel, self._fail)
 
     def _family(self) -> str | None:
         """Which kind of server this is ("llama.cpp", "vllm", "tgi"), from its tokenize route; None: unknown."""
@@ -345,9 +359,8 @@ class _Pieces:
         except httpx.TimeoutException:
             raise self.fail("stopped sending the reply (timed out); try again.") from None
         except httpx.TransportError as err:
-            # llama.cpp's servers fail a prompt beyond their context in the stream, by a clean end or a cut
             if not started:
-                raise self.fail(f"{EARLY_END} Or try again ({type(err).__name__}).") from None
+                raise  # before any text: the engine sends the request once more (ServerEngine.stream)
             raise self.fail(f"dropped the connection mid-reply ({type(err).__name__}); try again.") from None
         finally:
             self.response.close()
