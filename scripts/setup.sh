@@ -138,4 +138,32 @@ ln -sf "$SERVER_DIR/llama-server" "$VENV/bin/llama-server"
 FINCH_CACHE="$CACHE" "$VPY" -c "from chat_runtime import embedded; embedded.hf_dir()"
 # The tests' family stand-ins read llama.cpp's test vocabularies once (~1 minute) into the cache.
 [ "$WITH_TESTS" = 1 ] && FINCH_CACHE="$CACHE" "$VPY" -c "from finetune import standin; standin.warm()"
+
+# A GGUF Space's packages, for the test that installs them offline into a fresh venv as the Space does
+# (tests/test_deploy.py): llama-cpp-python built once from the bundle's own requirement line (built
+# for any x86-64 CPU, so one wheel serves every machine; about 10 minutes on 2 cores), and the rest of
+# the bundle's requirements downloaded once beside it.
+if [ "$WITH_TESTS" = 1 ] && [ "$GPU_SET" = 0 ]; then
+  mkdir -p "$CACHE/gguf-space"
+  tmp=$(mktemp -d "$CACHE/gguf-space/.new-XXXX")
+  "$VPY" -c "import sys; from space_deploy.bundle import GGUF_REQUIREMENTS as r; open(sys.argv[1], 'w').write(r)" \
+    "$tmp/requirements.txt"
+  SPACE_WHEELS="$CACHE/gguf-space/$(md5sum <"$tmp/requirements.txt" | cut -c1-12)"
+  grep '^llama-cpp-python' "$tmp/requirements.txt" >"$tmp/llama-cpp-python.txt"
+  PORTABLE_DIR="$CACHE/wheels/llama-cpp-python-portable-$(md5sum <"$tmp/llama-cpp-python.txt" | cut -c1-12)"
+  if ! ls "$PORTABLE_DIR"/*.whl >/dev/null 2>&1; then
+    fetch_sources
+    log "building llama-cpp-python for any x86-64 CPU, as a GGUF Space does (once; about 10 minutes on 2 cores)"
+    mkdir "$tmp/portable"
+    pip_ wheel --no-deps --no-cache-dir --no-index --find-links "$CACHE/sdist" -r "$tmp/llama-cpp-python.txt" \
+      -w "$tmp/portable"
+    rm -rf "$PORTABLE_DIR"; mv "$tmp/portable" "$PORTABLE_DIR"
+  fi
+  if [ ! -d "$SPACE_WHEELS" ]; then
+    log "downloading a GGUF Space's other packages (once)"
+    pip_ download --find-links "$PORTABLE_DIR" -r "$tmp/requirements.txt" -d "$tmp/wheels"
+    mv "$tmp" "$SPACE_WHEELS"
+  fi
+  rm -rf "$tmp"
+fi
 log "ready: $(cd "$VENV" && pwd)"

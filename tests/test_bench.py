@@ -31,6 +31,7 @@ SCRIPTS = {
     "dpo_speed.py": 3,
     "long_chat.py": 2,
     "concurrent_users.py": 2,
+    "portable_build.py": 1,
 }
 
 

@@ -118,6 +118,78 @@ def test_the_storymaker_bundle_carries_its_system_prompt_and_tells_a_story(
     assert f"> **You:** {choices[0]}" in open(download, encoding="utf-8").read()
 
 
+# Decodes the embedded GGUF (Q4_1) through the bundle's own runtime, in the Space's environment.
+SPACE_DECODE = """
+import sys
+from chat_runtime import ChatService, GenerationParams, ModelSpec
+from chat_runtime.engines import cpu_variants
+service = ChatService.from_spec(ModelSpec(gguf=sys.argv[1]))
+params = GenerationParams(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
+print(cpu_variants.load_cpu_variant())
+print(list(service.reply(sys.argv[2], [], sys.argv[3], params))[-1].text)
+"""
+
+
+def objdump(library) -> str:
+    return subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_here(repo_root, tmp_path, embedded_gguf):
+    """The bundle's requirements go into a fresh virtual environment offline, as a Space installs
+    them (llama-cpp-python from the wheel setup.sh built from the bundle's own requirement line), and a
+    quantized GGUF decodes there; the library uses no instruction beyond baseline x86-64 outside its
+    per-CPU variants, and the variant loaded here is never the AMX one gcc 12 miscompiles."""
+    import hashlib
+
+    from chat_runtime import embedded
+    from chat_runtime.engines.cpu_variants import NEVER, _cpu_flags, allowed
+
+    bundle = tmp_path / "bundle"
+    assert (
+        deploy(repo_root, "--app", "chatbot", "--gguf", "a/b/m-q4_k_m.gguf", "--dry_run", str(bundle)).returncode == 0
+    )
+    requirements = (bundle / "requirements.txt").read_text()
+    assert "-DGGML_NATIVE=OFF;-DGGML_BACKEND_DL=ON;-DGGML_CPU_ALL_VARIANTS=ON" in requirements
+    wheels = embedded.cache_dir() / "gguf-space" / hashlib.md5(requirements.encode()).hexdigest()[:12] / "wheels"
+    assert wheels.is_dir(), "run `bash scripts/setup.sh --test`: it builds and downloads a GGUF Space's packages once"
+    venv = tmp_path / "space-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    offline = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_CONFIG_FILE": os.devnull}
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", "requirements.txt"]
+    installed = subprocess.run(pip, cwd=bundle, env=offline, capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    assert not [m for m in ("torch", "peft", "bitsandbytes", "gradio") if (site / m).exists()]
+    for library in ("libggml-base.so.0", "libggml.so.0", "libllama.so.0"):
+        code = objdump(site / "llama_cpp" / "lib" / library)
+        assert "%ymm" not in code and "%zmm" not in code, f"{library} uses AVX: not every x86-64 CPU runs it"
+    variants = sorted(p.name[len("libggml-cpu-") : -len(".so")] for p in (site / "bin").glob("libggml-cpu-*.so"))
+    assert {"x64", "haswell", "sapphirerapids"} <= set(variants)
+    assert "tdpbssd" in objdump(site / "bin" / "libggml-cpu-sapphirerapids.so")  # AMX lives there only
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONNOUSERSITE": "1"}
+    decoded = subprocess.run(
+        [python, "-c", SPACE_DECODE, str(embedded_gguf), QUESTION, SYSTEM_PROMPT],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert decoded.returncode == 0, decoded.stderr[-3000:]
+    variant, reply = decoded.stdout.split("\n", 1)
+    assert variant in allowed(variants, _cpu_flags()) and variant not in NEVER
+    assert "Paris" in reply
+    # and batched prompts decode as token by token there (setup's check of its own builds)
+    check = [python, str(repo_root / "scripts" / "check_llama_build.py"), str(embedded_gguf)]
+    checked = subprocess.run(check, env={**env, "PYTHONPATH": str(bundle)}, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
+
+
 def test_the_bundle_never_ships_a_spaces_or_gguf_package(tmp_path):
     from space_deploy.bundle import check_bundle
 

@@ -130,3 +130,18 @@ def test_a_follow_up_evaluates_only_what_is_new_and_retry_repeats_exactly(llamac
     # The cached conversation is kept: only the end of the last reply and the new message are read.
     assert evaluated < len(engine.encode_chat(chat)) - len(engine.encode_chat(CONVERSATION[:2]))
     assert reply(chat)[0] == follow_up  # Retry: the same reply, token for token
+
+
+def test_a_portable_llama_cpp_never_loads_amx_code_nor_avx2_code_where_it_computed_wrongly():
+    """Which of a portable build's CPU variants may load (tests/test_deploy.py loads one from a real
+    portable install); setup.sh's build for this CPU has none, and nothing is loaded."""
+    from chat_runtime.engines.cpu_variants import allowed, load_cpu_variant
+
+    built = ["x64", "sse42", "sandybridge", "ivybridge", "haswell", "skylakex", "icelake", "zen4", "alderlake"]
+    built.append("sapphirerapids")
+    zen4 = {"sse4_2", "avx", "f16c", "fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}
+    assert allowed(built, zen4) == built[:-1]
+    assert allowed(built, zen4 | {"amx_tile", "amx_int8", "amx_bf16"}) == built[:-1]  # gcc 12's AMX miscompile
+    assert allowed(built, {"avx2", "avx_vnni"}) == built[:-1]  # Alder Lake: VNNI without AVX-512
+    assert allowed(built, {"sse4_2", "avx", "f16c", "fma", "avx2"}) == built[:4]  # Zen 3: AVX2 without VNNI
+    assert load_cpu_variant() is None

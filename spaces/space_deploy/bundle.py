@@ -15,7 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 APPS = {"chatbot": ROOT / "chatbot_app", "storymaker": ROOT / "storymaker_app"}
 RUNTIME = ROOT / "spaces" / "chat_runtime"
 SHADOWING_NAMES = {"spaces", "gguf"}  # import names of packages the Space runs with
-LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
+# llama.cpp built for any x86-64 CPU with llama.cpp's own options for that: a Space builds its
+# packages on one machine and may run on another CPU (a -march=native build can die there with
+# "illegal instruction"), and gcc 12's -march=native miscompiles AMX. The library uses baseline
+# x86-64; the matrix code is built once per CPU generation and chosen at run time
+# (chat_runtime.engines.cpu_variants). Per-requirement config settings need pip 23.1 or newer.
+# setup.sh --test builds this very line into the wheel the tests install as a Space would.
+LLAMA_CPP_PORTABLE_ARGS = "-DGGML_NATIVE=OFF;-DGGML_BACKEND_DL=ON;-DGGML_CPU_ALL_VARIANTS=ON"
+LLAMA_CPP_REQUIREMENT = f'llama-cpp-python==0.3.36 --config-settings=cmake.args="{LLAMA_CPP_PORTABLE_ARGS}"'
 # What a Space installs on top of Gradio, by what it serves. Only a transformers Space needs torch
 # (the app folder's own requirements.txt); a GGUF or server Space is a CPU Space through and through.
 SERVER_REQUIREMENTS = (

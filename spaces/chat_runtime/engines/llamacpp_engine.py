@@ -19,6 +19,7 @@ from ..gguf_files import check_gguf_header, resolve_gguf
 from ..params import DRY_ALLOWED_LENGTH, DRY_BASE, DRY_BREAKERS, DRY_LAST_N, GenerationParams
 from ..spec import ModelSpec
 from ..templating import Message, encode, render, segments
+from .cpu_variants import load_cpu_variant
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class CheckedSampler:
 def _llama_class():
     """llama-cpp-python's Llama, sampling through CheckedSampler when a reply needs a grammar or DRY."""
     from llama_cpp import Llama
+
+    load_cpu_variant()  # a portable build's CPU code, before any model
 
     class CheckedLlama(Llama):
         dry_multiplier = 0.0  # set per reply by the engine, under its lock
