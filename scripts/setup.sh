@@ -155,7 +155,7 @@ if [ "$WITH_TESTS" = 1 ] && [ "$GPU_SET" = 0 ]; then
     fetch_sources
     log "building llama-cpp-python for any x86-64 CPU, as a GGUF Space does (once; about 10 minutes on 2 cores)"
     mkdir "$tmp/portable"
-    pip_ wheel --no-deps --no-cache-dir --no-index --find-links "$CACHE/sdist" -r "$tmp/llama-cpp-python.txt" \
+    pip_ wheel --no-deps --no-cache-dir --find-links "$CACHE/sdist" -r "$tmp/llama-cpp-python.txt" \
       -w "$tmp/portable"
     rm -rf "$PORTABLE_DIR"; mv "$tmp/portable" "$PORTABLE_DIR"
   fi
