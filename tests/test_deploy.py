@@ -144,7 +144,7 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
     import hashlib
 
     from chat_runtime import embedded
-    from chat_runtime.engines.cpu_variants import NEVER, _cpu_flags, allowed
+    from chat_runtime.engines.cpu_variants import NEVER, allowed, cpu_flags
 
     bundle = tmp_path / "bundle"
     assert (
@@ -182,7 +182,7 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
     )
     assert decoded.returncode == 0, decoded.stderr[-3000:]
     variant, reply = decoded.stdout.split("\n", 1)
-    assert variant in allowed(variants, _cpu_flags()) and variant not in NEVER
+    assert variant in allowed(variants, cpu_flags()) and variant not in NEVER
     assert "Paris" in reply
     # and batched prompts decode as token by token there (setup's check of its own builds)
     check = [python, str(repo_root / "scripts" / "check_llama_build.py"), str(embedded_gguf)]

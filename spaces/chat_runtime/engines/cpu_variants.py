@@ -46,9 +46,9 @@ def variants_dir() -> Path:
     return Path(llama_cpp.__file__).resolve().parent.parent / "bin"
 
 
-def allowed(names: list[str], cpu_flags: set[str]) -> list[str]:
+def allowed(names: list[str], flags: set[str]) -> list[str]:
     """The variants that compute right on a CPU with these /proc/cpuinfo flags."""
-    avx2_without_vnni = "avx2" in cpu_flags and not cpu_flags & {"avx512_vnni", "avx_vnni"}
+    avx2_without_vnni = "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
     return [n for n in names if n not in NEVER and (n in WITHOUT_AVX2 or not avx2_without_vnni)]
 
 
@@ -59,7 +59,7 @@ def _load() -> str | None:
     if not paths:
         return None
     # ggml's score is 0 where the CPU lacks an instruction set the variant was built with.
-    scores = {name: ctypes.CDLL(str(paths[name])).ggml_backend_score() for name in allowed(list(paths), _cpu_flags())}
+    scores = {name: ctypes.CDLL(str(paths[name])).ggml_backend_score() for name in allowed(list(paths), cpu_flags())}
     best = max(scores, key=scores.get, default=None)
     if best is None or scores[best] <= 0:
         raise RuntimeError(f"none of llama.cpp's CPU variants ({', '.join(paths)}) runs on this CPU")
@@ -71,7 +71,8 @@ def _load() -> str | None:
     return best
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """This CPU's instruction-set flags, as /proc/cpuinfo names them (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as info:
             return set(next((line for line in info if line.startswith("flags")), ":").split(":", 1)[1].split())
