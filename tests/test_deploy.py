@@ -64,7 +64,8 @@ def test_dry_run_bundle_starts_and_answers_through_gradio_client(
     names = sorted(p.name for p in bundle.iterdir())
     assert names == ["README.md", "app.py", "chat_runtime", "requirements.txt"]
     needs = [line.split("=")[0] for line in (bundle / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
-    assert needs == ["huggingface_hub", "transformers", "llama-cpp-python"]  # a CPU Space: no torch, peft, bitsandbytes
+    # a CPU Space: no torch, peft, bitsandbytes
+    assert needs == ["huggingface_hub", "transformers", "httpx", "llama-cpp-python"]
     assert front_matter(bundle / "README.md")["models"] == ["someone/finch-gguf"]
     assert front_matter(bundle / "README.md")["suggested_hardware"] == "cpu-basic"
     assert not list(bundle.rglob("__pycache__"))
@@ -128,6 +129,17 @@ params = GenerationParams(temperature=0.0, max_new_tokens=20, repetition_penalty
 print(cpu_variants.load_cpu_variant())
 print(list(service.reply(sys.argv[2], [], sys.argv[3], params))[-1].text)
 """
+# The same through llama.cpp's server from that install: the CPU code its process has mapped, and a reply.
+SPACE_SERVER = """
+import sys
+from pathlib import Path
+from chat_runtime import ChatService, GenerationParams, ModelSpec
+service = ChatService.from_spec(ModelSpec(gguf=sys.argv[1], engine="llama-server"))
+params = GenerationParams(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
+maps = Path(f"/proc/{service.engine.server.process.pid}/maps").read_text().split()
+print(sorted({Path(m).name for m in maps if "libggml-cpu-" in m}))
+print(list(service.reply(sys.argv[2], [], sys.argv[3], params))[-1].text)
+"""
 
 
 def objdump(library) -> str:
@@ -172,18 +184,20 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
     assert "tdpbssd" in objdump(site / "bin" / "libggml-cpu-sapphirerapids.so")  # AMX lives there only
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONNOUSERSITE": "1"}
-    decoded = subprocess.run(
-        [python, "-c", SPACE_DECODE, str(embedded_gguf), QUESTION, SYSTEM_PROMPT],
-        cwd=bundle,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert decoded.returncode == 0, decoded.stderr[-3000:]
-    variant, reply = decoded.stdout.split("\n", 1)
+
+    def in_the_space(code: str) -> list[str]:
+        """The two lines `code` prints, run by the Space's python in the bundle on the embedded GGUF."""
+        args = [python, "-c", code, str(embedded_gguf), QUESTION, SYSTEM_PROMPT]
+        done = subprocess.run(args, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split("\n", 1)
+
+    variant, reply = in_the_space(SPACE_DECODE)
     assert variant in allowed(variants, cpu_flags()) and variant not in NEVER
     assert "Paris" in reply
+    # llama.cpp's server from the same install runs that very CPU code, and answers
+    mapped, reply = in_the_space(SPACE_SERVER)
+    assert mapped == str([f"libggml-cpu-{variant}.so"]) and "Paris" in reply
     # and batched prompts decode as token by token there (setup's check of its own builds)
     check = [python, str(repo_root / "scripts" / "check_llama_build.py"), str(embedded_gguf)]
     checked = subprocess.run(check, env={**env, "PYTHONPATH": str(bundle)}, capture_output=True, text=True, timeout=300)

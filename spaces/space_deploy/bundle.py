@@ -19,9 +19,17 @@ SHADOWING_NAMES = {"spaces", "gguf"}  # import names of packages the Space runs 
 # packages on one machine and may run on another CPU (a -march=native build can die there with
 # "illegal instruction"), and gcc 12's -march=native miscompiles AMX. The library uses baseline
 # x86-64; the matrix code is built once per CPU generation and chosen at run time
-# (chat_runtime.engines.cpu_variants). Per-requirement config settings need pip 23.1 or newer.
+# (chat_runtime.engines.cpu_variants). The same build installs llama.cpp's own server with its
+# library (LLAMA_TOOLS_INSTALL), for several users at once; llama-cpp-python's multimodal library
+# is left to that build (LLAVA_BUILD off: built twice, CMake refuses), and the server needs no TLS.
+# Per-requirement config settings need pip 23.1 or newer.
 # setup.sh --test builds this very line into the wheel the tests install as a Space would.
-LLAMA_CPP_PORTABLE_ARGS = "-DGGML_NATIVE=OFF;-DGGML_BACKEND_DL=ON;-DGGML_CPU_ALL_VARIANTS=ON"
+LLAMA_CPP_PORTABLE_ARGS = ";".join(
+    [
+        "-DGGML_NATIVE=OFF;-DGGML_BACKEND_DL=ON;-DGGML_CPU_ALL_VARIANTS=ON",
+        "-DLLAMA_BUILD_TOOLS=ON;-DLLAMA_BUILD_SERVER=ON;-DLLAMA_TOOLS_INSTALL=ON;-DLLAVA_BUILD=OFF;-DLLAMA_OPENSSL=OFF",
+    ]
+)
 LLAMA_CPP_REQUIREMENT = f'llama-cpp-python==0.3.36 --config-settings=cmake.args="{LLAMA_CPP_PORTABLE_ARGS}"'
 # What a Space installs on top of Gradio, by what it serves. Only a transformers Space needs torch
 # (the app folder's own requirements.txt); a GGUF or server Space is a CPU Space through and through.
@@ -30,8 +38,9 @@ SERVER_REQUIREMENTS = (
 )
 GGUF_REQUIREMENTS = (
     "# The model is a GGUF run by llama.cpp on the CPU (FINCH_GGUF): no torch here. transformers is\n"
-    "# the chat template's renderer (chat_runtime.templating), which runs without torch.\n"
-    f"huggingface_hub==2.4.0\ntransformers==5.23.0\n{LLAMA_CPP_REQUIREMENT}\n"
+    "# the chat template's renderer (chat_runtime.templating), which runs without torch; httpx talks\n"
+    "# to llama.cpp's server (Gradio has it too).\n"
+    f"huggingface_hub==2.4.0\ntransformers==5.23.0\nhttpx==0.29.0\n{LLAMA_CPP_REQUIREMENT}\n"
 )
 # Hardware a Space of each kind asks for unless told otherwise (deploy.py --hardware).
 DEFAULT_HARDWARE = {"transformers": "t4-small", "llamacpp": "cpu-basic", "server": "cpu-basic"}

@@ -12,6 +12,7 @@ its CPU code linked in and no variants: nothing to do.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -41,9 +42,24 @@ def load_cpu_variant() -> str | None:
 
 def variants_dir() -> Path:
     """Where llama-cpp-python's install puts the variants (its wheel's bin/, in site-packages)."""
-    import llama_cpp
+    spec = importlib.util.find_spec("llama_cpp")
+    return Path(spec.origin).resolve().parent.parent / "bin" if spec and spec.origin else Path("/nonexistent")
 
-    return Path(llama_cpp.__file__).resolve().parent.parent / "bin"
+
+def choose(folder: Path) -> Path | None:
+    """The variant in `folder` to run on this CPU: the one ggml's score ranks best among those that
+    compute right here; None when the folder holds none. RuntimeError when none can run here."""
+    paths = {p.name[len(PREFIX) : -len(SUFFIX)]: p for p in sorted(folder.glob(f"{PREFIX}*{SUFFIX}"))}
+    if not paths:
+        return None
+    import llama_cpp  # noqa: F401  (loads libggml-base first: the variants link against that very copy)
+
+    # ggml's score is 0 where the CPU lacks an instruction set the variant was built with.
+    scores = {name: ctypes.CDLL(str(paths[name])).ggml_backend_score() for name in allowed(list(paths), cpu_flags())}
+    best = max(scores, key=scores.get, default=None)
+    if best is None or scores[best] <= 0:
+        raise RuntimeError(f"none of llama.cpp's CPU variants ({', '.join(paths)}) runs on this CPU")
+    return paths[best]
 
 
 def allowed(names: list[str], flags: set[str]) -> list[str]:
@@ -53,22 +69,18 @@ def allowed(names: list[str], flags: set[str]) -> list[str]:
 
 
 def _load() -> str | None:
-    import llama_cpp  # loads libggml and libggml-base first: the variants link against these very copies
-
-    paths = {p.name[len(PREFIX) : -len(SUFFIX)]: p for p in sorted(variants_dir().glob(f"{PREFIX}*{SUFFIX}"))}
-    if not paths:
+    path = choose(variants_dir())
+    if path is None:
         return None
-    # ggml's score is 0 where the CPU lacks an instruction set the variant was built with.
-    scores = {name: ctypes.CDLL(str(paths[name])).ggml_backend_score() for name in allowed(list(paths), cpu_flags())}
-    best = max(scores, key=scores.get, default=None)
-    if best is None or scores[best] <= 0:
-        raise RuntimeError(f"none of llama.cpp's CPU variants ({', '.join(paths)}) runs on this CPU")
+    import llama_cpp
+
     ggml = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so.0"))  # libllama's own soname
     ggml.ggml_backend_load.restype = ctypes.c_void_p
-    if not ggml.ggml_backend_load(str(paths[best]).encode()):
-        raise RuntimeError(f"llama.cpp could not load its CPU code {paths[best]}")
-    log.info("llama.cpp runs its %s CPU code (%d variants built, %s never loaded)", best, len(paths), "/".join(NEVER))
-    return best
+    if not ggml.ggml_backend_load(str(path).encode()):
+        raise RuntimeError(f"llama.cpp could not load its CPU code {path}")
+    name = path.name[len(PREFIX) : -len(SUFFIX)]
+    log.info("llama.cpp runs its %s CPU code (%s never loaded)", name, "/".join(NEVER))
+    return name
 
 
 def cpu_flags() -> set[str]:

@@ -8,7 +8,8 @@ server engine (the GGUF's own chat template, grammars and DRY, Stop by closing t
 starts it again when it has died, and it ends with the app.
 
 `scripts/setup.sh` builds it once from the llama.cpp sources of the llama-cpp-python release in
-use, with the same flags as that wheel, and links it beside the virtual environment's python.
+use, with the same flags as that wheel, and links it beside the virtual environment's python. On a
+GGUF Space, the portable llama-cpp-python build installs it beside its CPU variants.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from .. import limits
 from ..gguf_files import check_gguf_header, resolve_gguf
 from ..params import GenerationParams
 from ..spec import ModelSpec
+from . import cpu_variants
 from .server_engine import ChatPrompt, ServerEngine
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,35 @@ RESTARTED = "The model's server had stopped and was started again; replies being
 
 
 def binary() -> str | None:
-    """The llama-server to run: FINCH_LLAMA_SERVER, else the one setup linked beside this python."""
+    """The llama-server to run: FINCH_LLAMA_SERVER, else the one setup linked beside this python, else
+    the one a portable llama-cpp-python installs beside its CPU variants (a GGUF Space's)."""
     configured = os.environ.get("FINCH_LLAMA_SERVER", "").strip()
     if configured:
         return configured
-    return shutil.which("llama-server", path=str(Path(sys.executable).parent))
+    return shutil.which("llama-server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "llama-server", path=str(cpu_variants.variants_dir())
+    )
+
+
+def launch(program: str) -> tuple[list[str], dict[str, str], str | None]:
+    """(command, environment, working folder) that run `program` on the CPU code the runtime chose.
+
+    Beside llama.cpp's CPU variants, llama-server would load the one ggml scores best, AMX
+    included (see cpu_variants). So it runs from a copy in a folder of its own, where it finds no
+    variant, and loads the chosen one named by GGML_BACKEND_PATH; the install's libraries are on
+    its library path (it has no run path of its own)."""
+    folder = Path(program).resolve().parent
+    variant = cpu_variants.choose(folder) if folder == cpu_variants.variants_dir() else None
+    if variant is None:
+        return [program], {}, None
+    own = Path(tempfile.mkdtemp(prefix="finch-llama-server-"))
+    atexit.register(shutil.rmtree, own, True)
+    shutil.copy2(program, own / "llama-server")
+    site = folder.parent
+    libraries = [str(site / "lib"), str(site / "llama_cpp" / "lib"), os.environ.get("LD_LIBRARY_PATH", "")]
+    env = {"GGML_BACKEND_PATH": str(variant), "LD_LIBRARY_PATH": os.pathsep.join(filter(None, libraries))}
+    log.info("llama-server runs the %s CPU code", variant.name)
+    return [str(own / "llama-server")], env, str(own)
 
 
 def _free_port() -> int:
@@ -74,8 +101,8 @@ def _die_with_the_app() -> None:
 class LlamaServerProcess:
     """One llama-server child: started on a free port, waited for, stopped."""
 
-    def __init__(self, command: list[str]):
-        self.command = command
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, cwd: str | None = None):
+        self.command, self.env, self.cwd = command, env or {}, cwd
         self.process: subprocess.Popen | None = None
         self.url = ""
         self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
@@ -92,6 +119,8 @@ class LlamaServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
+            env={**os.environ, **self.env},
+            cwd=self.cwd,
             preexec_fn=_die_with_the_app if sys.platform == "linux" else None,
         )
         threading.Thread(target=self._keep_log, args=(self.process,), daemon=True).start()
@@ -151,11 +180,12 @@ class LlamaServerEngine(ServerEngine):
         self.max_concurrent = limits.MAX_CONCURRENT_GENERATIONS or DEFAULT_SLOTS
         per_slot = limits.CONTEXT_TOKENS or limits.DEFAULT_CONTEXT_CAP
         threads = int(os.environ.get("FINCH_THREADS", "0")) or len(os.sched_getaffinity(0))
-        command = [program, "--model", path, "--host", "127.0.0.1", "--parallel", str(self.max_concurrent)]
+        command, env, cwd = launch(program)
+        command += ["--model", path, "--host", "127.0.0.1", "--parallel", str(self.max_concurrent)]
         command += ["--ctx-size", str(per_slot * self.max_concurrent), "--threads", str(threads), "--no-webui"]
         command += ["--metrics"]  # Prometheus counters on 127.0.0.1 (tokens decoded, requests), for watching it
         command += ["--lora", lora] if lora else []
-        self.server = LlamaServerProcess(command)
+        self.server = LlamaServerProcess(command, env, cwd)
         self._restart_lock = threading.Lock()
         url = self.server.start()
         atexit.register(self.server.stop)
