@@ -141,7 +141,7 @@ FINCH_CACHE="$CACHE" "$VPY" -c "from chat_runtime import embedded; embedded.hf_d
 
 # A GGUF Space's packages, for the test that installs them offline into a fresh venv as the Space does
 # (tests/test_deploy.py): llama-cpp-python built once from the bundle's own requirement line (built
-# for any x86-64 CPU, so one wheel serves every machine; about 10 minutes on 2 cores), and the rest of
+# for any x86-64 CPU, so one wheel serves every machine; 12 minutes on 2 cores), and the rest of
 # the bundle's requirements downloaded once beside it.
 if [ "$WITH_TESTS" = 1 ] && [ "$GPU_SET" = 0 ]; then
   mkdir -p "$CACHE/gguf-space"
@@ -153,7 +153,7 @@ if [ "$WITH_TESTS" = 1 ] && [ "$GPU_SET" = 0 ]; then
   PORTABLE_DIR="$CACHE/wheels/llama-cpp-python-portable-$(md5sum <"$tmp/llama-cpp-python.txt" | cut -c1-12)"
   if ! ls "$PORTABLE_DIR"/*.whl >/dev/null 2>&1; then
     fetch_sources
-    log "building llama-cpp-python for any x86-64 CPU, as a GGUF Space does (once; about 10 minutes on 2 cores)"
+    log "building llama-cpp-python for any x86-64 CPU, as a GGUF Space does (once; about 12 minutes on 2 cores)"
     mkdir "$tmp/portable"
     pip_ wheel --no-deps --no-cache-dir --find-links "$CACHE/sdist" -r "$tmp/llama-cpp-python.txt" \
       -w "$tmp/portable"
