@@ -156,7 +156,7 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
     import hashlib
 
     from chat_runtime import embedded
-    from chat_runtime.engines.cpu_variants import NEVER, allowed, cpu_flags
+    from chat_runtime.engines.cpu_variants import NEVER, allowed, cpu_flags, variant_name
 
     bundle = tmp_path / "bundle"
     assert (
@@ -179,7 +179,7 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
     for library in ("libggml-base.so.0", "libggml.so.0", "libllama.so.0"):
         code = objdump(site / "llama_cpp" / "lib" / library)
         assert "%ymm" not in code and "%zmm" not in code, f"{library} uses AVX: not every x86-64 CPU runs it"
-    variants = sorted(p.name[len("libggml-cpu-") : -len(".so")] for p in (site / "bin").glob("libggml-cpu-*.so"))
+    variants = sorted(variant_name(p) for p in (site / "bin").glob("libggml-cpu-*.so"))
     assert {"x64", "haswell", "sapphirerapids"} <= set(variants)
     assert "tdpbssd" in objdump(site / "bin" / "libggml-cpu-sapphirerapids.so")  # AMX lives there only
 

@@ -49,7 +49,7 @@ def variants_dir() -> Path:
 def choose(folder: Path) -> Path | None:
     """The variant in `folder` to run on this CPU: the one ggml's score ranks best among those that
     compute right here; None when the folder holds none. RuntimeError when none can run here."""
-    paths = {p.name[len(PREFIX) : -len(SUFFIX)]: p for p in sorted(folder.glob(f"{PREFIX}*{SUFFIX}"))}
+    paths = {variant_name(p): p for p in sorted(folder.glob(f"{PREFIX}*{SUFFIX}"))}
     if not paths:
         return None
     import llama_cpp  # noqa: F401  (loads libggml-base first: the variants link against that very copy)
@@ -60,6 +60,11 @@ def choose(folder: Path) -> Path | None:
     if best is None or scores[best] <= 0:
         raise RuntimeError(f"none of llama.cpp's CPU variants ({', '.join(paths)}) runs on this CPU")
     return paths[best]
+
+
+def variant_name(path: Path) -> str:
+    """ "zen4" for libggml-cpu-zen4.so."""
+    return path.name[len(PREFIX) : -len(SUFFIX)]
 
 
 def allowed(names: list[str], flags: set[str]) -> list[str]:
@@ -78,7 +83,7 @@ def _load() -> str | None:
     ggml.ggml_backend_load.restype = ctypes.c_void_p
     if not ggml.ggml_backend_load(str(path).encode()):
         raise RuntimeError(f"llama.cpp could not load its CPU code {path}")
-    name = path.name[len(PREFIX) : -len(SUFFIX)]
+    name = variant_name(path)
     log.info("llama.cpp runs its %s CPU code (%s never loaded)", name, "/".join(NEVER))
     return name
 
