@@ -57,7 +57,7 @@ def main() -> None:
 
     gguf = args.gguf or str(embedded.gguf_path())
     benchlib.header(f"chat engine: Finch runtime vs raw llama-cpp-python on {os.path.basename(gguf)}")
-    service = ChatService.from_spec(ModelSpec(gguf=gguf))
+    service = ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=gguf))
     raw = Llama(
         model_path=gguf, n_ctx=service.engine.context_tokens, n_threads=len(os.sched_getaffinity(0)), verbose=False
     )

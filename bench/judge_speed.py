@@ -55,7 +55,7 @@ def main() -> None:
 
     benchlib.header("judging speed: the embedded judge on llama.cpp, seconds per judged pair")
     prompts = PROMPTS[: args.prompts]
-    service = ChatService.from_spec(ModelSpec(gguf=str(embedded.gguf_path())))
+    service = ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=str(embedded.gguf_path())))
     replies = []
     for prompt in prompts:
         pair = []

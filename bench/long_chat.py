@@ -100,7 +100,7 @@ def main() -> None:
     benchlib.header(f"time to first token, turn {args.turns} vs turn 1 of a chat, in process and through a server")
     with llama_cpp_server(gguf, args.threads) as url:
         services = {
-            "in process": ChatService.from_spec(ModelSpec(gguf=gguf)),
+            "in process": ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=gguf)),
             "server": ChatService.from_spec(ModelSpec(server_url=url, server_model="bench")),
         }
         for service in services.values():

@@ -91,7 +91,7 @@ def main() -> None:
                 time.sleep(0.3)
         os.environ["FINCH_THREADS"] = str(args.threads)
         engines = {
-            "llamacpp (in process)": ModelSpec(gguf=gguf),
+            "llamacpp (in process)": ModelSpec(engine="llamacpp", gguf=gguf),
             "server (llama_cpp.server)": ModelSpec(server_url=f"http://127.0.0.1:{port}/v1", server_model="bench"),
         }
         for name, spec in engines.items():

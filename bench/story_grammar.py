@@ -66,7 +66,7 @@ def main() -> None:
 
     gguf = args.gguf or str(embedded.gguf_path())
     benchlib.header(f"story grammar: turns with vs without the turn-shape grammar on {os.path.basename(gguf)}")
-    service = ChatService.from_spec(ModelSpec(gguf=gguf))
+    service = ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=gguf))
     llm = service.engine.llm
     system_prompt = (ROOT / "storymaker_app" / "system_prompt.md").read_text(encoding="utf-8").strip()
     free = validate(temperature=0, max_new_tokens=args.max_new_tokens)  # the app's default repetition penalty

@@ -160,7 +160,17 @@ def trained_run(tmp_path_factory):
 def llamacpp_service(embedded_gguf):
     from chat_runtime import ChatService, ModelSpec
 
-    return ChatService.from_spec(ModelSpec(gguf=str(embedded_gguf)))
+    return ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=str(embedded_gguf)))
+
+
+@pytest.fixture(scope="session")
+def llama_server_service(embedded_gguf):
+    """The embedded GGUF on llama.cpp's server, the app's child: what a GGUF app serves by default."""
+    from chat_runtime import ChatService, ModelSpec
+
+    service = ChatService.from_spec(ModelSpec(engine="llama-server", gguf=str(embedded_gguf)))
+    yield service
+    service.engine.server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -244,13 +254,19 @@ def browser():
         b.close()
 
 
-def load_app(app_file: Path, module_name: str):
-    """Import an app.py as `python app.py` would build it (its `demo` at module level)."""
+def load_app(app_file: Path, module_name: str, engine: str = "llamacpp"):
+    """Import an app.py as `python app.py` would build it (its `demo` at module level), on `engine`.
+
+    In process by default: the tests of the apps read the prompts their engine was given
+    (`engine.llm`). What a user gets by default, llama.cpp's server, is started as `python app.py`
+    in test_load and test_llama_server."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(module_name, app_file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FINCH_ENGINE", engine)  # read once, as the app module is built
+        spec.loader.exec_module(module)
     return module
 
 

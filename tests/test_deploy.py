@@ -43,7 +43,7 @@ def test_the_card_has_the_spaces_front_matter(repo_root, app):
 
 
 def solo_reply(service, message: str, max_new_tokens: int) -> str:
-    """The in-process engine's temperature-0 reply, with the app's default settings otherwise."""
+    """`service`'s temperature-0 reply, with the app's default settings otherwise."""
     from chat_runtime import validate
 
     reply = None
@@ -53,7 +53,7 @@ def solo_reply(service, message: str, max_new_tokens: int) -> str:
 
 
 def test_dry_run_bundle_starts_and_answers_through_gradio_client(
-    repo_root, tmp_path, embedded_gguf, start_app, llamacpp_service
+    repo_root, tmp_path, embedded_gguf, start_app, llama_server_service
 ):
     bundle = tmp_path / "bundle"
     proc = deploy(
@@ -86,7 +86,8 @@ def test_dry_run_bundle_starts_and_answers_through_gradio_client(
     reply = client.predict(
         message=QUESTION, system_prompt=SYSTEM_PROMPT, temperature=0, max_new_tokens=20, api_name="/chat"
     )
-    assert reply and reply == solo_reply(llamacpp_service, QUESTION, 20)  # the same model, the same reply
+    # the same model on the same engine (llama.cpp's server, the default here), the same reply
+    assert reply and reply == solo_reply(llama_server_service, QUESTION, 20)
 
 
 def test_the_storymaker_bundle_carries_its_system_prompt_and_tells_a_story(
@@ -124,19 +125,21 @@ SPACE_DECODE = """
 import sys
 from chat_runtime import ChatService, GenerationParams, ModelSpec
 from chat_runtime.engines import cpu_variants
-service = ChatService.from_spec(ModelSpec(gguf=sys.argv[1]))
+service = ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=sys.argv[1]))
 params = GenerationParams(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
 print(cpu_variants.load_cpu_variant())
 print(list(service.reply(sys.argv[2], [], sys.argv[3], params))[-1].text)
 """
-# The same through llama.cpp's server from that install: the CPU code its process has mapped, and a reply.
+# The same with no engine named, as the Space's app runs: llama.cpp's server from that install, the
+# users it decodes together, the CPU code its process has mapped, and a reply.
 SPACE_SERVER = """
 import sys
 from pathlib import Path
 from chat_runtime import ChatService, GenerationParams, ModelSpec
-service = ChatService.from_spec(ModelSpec(gguf=sys.argv[1], engine="llama-server"))
+service = ChatService.from_spec(ModelSpec(gguf=sys.argv[1]))
 params = GenerationParams(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
 maps = Path(f"/proc/{service.engine.server.process.pid}/maps").read_text().split()
+print(service.engine.name, service.max_concurrent)
 print(sorted({Path(m).name for m in maps if "libggml-cpu-" in m}))
 print(list(service.reply(sys.argv[2], [], sys.argv[3], params))[-1].text)
 """
@@ -185,18 +188,21 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONNOUSERSITE": "1"}
 
-    def in_the_space(code: str) -> list[str]:
-        """The two lines `code` prints, run by the Space's python in the bundle on the embedded GGUF."""
+    def in_the_space(code: str, lines: int = 2) -> list[str]:
+        """What `code` prints, run by the Space's python in the bundle on the embedded GGUF: its first
+        lines, the last of them holding the rest (a reply)."""
         args = [python, "-c", code, str(embedded_gguf), QUESTION, SYSTEM_PROMPT]
         done = subprocess.run(args, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout.split("\n", 1)
+        return done.stdout.split("\n", lines - 1)
 
     variant, reply = in_the_space(SPACE_DECODE)
     assert variant in allowed(variants, cpu_flags()) and variant not in NEVER
     assert "Paris" in reply
-    # llama.cpp's server from the same install runs that very CPU code, and answers
-    mapped, reply = in_the_space(SPACE_SERVER)
+    # by default the Space serves through llama.cpp's server from the same install, several users
+    # at once, on that very CPU code, and it answers
+    engine, mapped, reply = in_the_space(SPACE_SERVER, lines=3)
+    assert engine == "llama-server 4"
     assert mapped == str([f"libggml-cpu-{variant}.so"]) and "Paris" in reply
     # and batched prompts decode as token by token there (setup's check of its own builds)
     check = [python, str(repo_root / "scripts" / "check_llama_build.py"), str(embedded_gguf)]

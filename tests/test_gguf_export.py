@@ -158,7 +158,9 @@ def test_quantized_files_agree_with_the_finetuned_transformers_model(exported, t
 def test_lora_gguf_applies_the_finetune_to_the_base_gguf(exported, trained, embedded_gguf, llamacpp_service):
     out, _ = exported
     _, reference = trained
-    tuned = ChatService.from_spec(ModelSpec(gguf=str(embedded_gguf), gguf_lora=str(out / "ahoy-lora-f16.gguf")))
+    tuned = ChatService.from_spec(
+        ModelSpec(engine="llamacpp", gguf=str(embedded_gguf), gguf_lora=str(out / "ahoy-lora-f16.gguf"))
+    )
     params = GenerationParams(temperature=0.0, max_new_tokens=6, repetition_penalty=1.0)
 
     def opening(service, question):

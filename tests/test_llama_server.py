@@ -129,6 +129,6 @@ def test_a_missing_llama_server_is_refused_with_what_to_do(embedded_gguf, monkey
 def test_a_gguf_the_server_cannot_load_is_refused_with_its_own_words(embedded_gguf, tmp_path):
     broken = tmp_path / "cut.gguf"
     broken.write_bytes(embedded_gguf.read_bytes()[: 4 << 20])  # a download cut short: a real header, no tensors
-    with pytest.raises(ValueError, match="llama.cpp's server did not start") as refused:
+    with pytest.raises(ValueError, match="could not load the GGUF: the file may be truncated or corrupt") as refused:
         ChatService.from_spec(ModelSpec(engine="llama-server", gguf=str(broken)))
     assert "failed to load model" in str(refused.value)  # the server's own last lines say why

@@ -1,6 +1,6 @@
 """Load on the chatbot, started as `python app.py` with a small queue (FINCH_QUEUE_SIZE=8): eight
-concurrent gradio_client sessions each get the answer to their own prompt (in process, and through
-llama.cpp's server decoding several at once), a client beyond the
+concurrent gradio_client sessions each get the answer to their own prompt (through llama.cpp's
+server decoding several at once, what the app runs by default, and in process), a client beyond the
 queue's bound is told at once that the app is busy, and the server's memory stays flat."""
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ GREEDY = dict(temperature=0, max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, launch_app):
-    """The chatbot in its own process: (url, pid)."""
+    """The chatbot in its own process, its GGUF in that process (one reply at a time): (url, pid)."""
     log = tmp_path_factory.mktemp("load") / "app.log"
-    proc, port = launch_app(ROOT / "chatbot_app", {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE)}, log)
+    env = {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE), "FINCH_ENGINE": "llamacpp"}
+    proc, port = launch_app(ROOT / "chatbot_app", env, log)
     yield f"http://127.0.0.1:{port}/", proc.pid
     proc.terminate()
     proc.wait(10)
@@ -38,10 +39,10 @@ def server(tmp_path_factory, launch_app):
 
 @pytest.fixture(scope="module")
 def server_with_slots(tmp_path_factory, launch_app):
-    """The chatbot in its own process on the llama-server engine (4 slots decoding together): (url, pid)."""
+    """The chatbot in its own process with no engine set: llama.cpp's server as its child, 4 slots
+    decoding together (the default wherever setup.sh built it): (url, pid)."""
     log = tmp_path_factory.mktemp("load") / "app-llama-server.log"
-    env = {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE), "FINCH_ENGINE": "llama-server"}
-    proc, port = launch_app(ROOT / "chatbot_app", env, log)
+    proc, port = launch_app(ROOT / "chatbot_app", {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE)}, log)
     yield f"http://127.0.0.1:{port}/", proc.pid
     proc.terminate()
     proc.wait(10)

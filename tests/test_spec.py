@@ -1,4 +1,7 @@
 import json
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,11 +11,25 @@ from chat_runtime.spec import base_of_adapter
 pytestmark = pytest.mark.gpu_set  # also on requirements-gpu.txt's versions
 
 
-def test_nothing_set_means_the_embedded_gguf_on_llamacpp(monkeypatch, embedded_gguf):
-    for name in ("FINCH_ENGINE", "FINCH_MODEL", "FINCH_ADAPTER", "FINCH_GGUF", "FINCH_LOAD_IN_4BIT"):
+def test_nothing_set_means_the_embedded_gguf_on_llama_cpp_and_its_server_where_installed(
+    monkeypatch, embedded_gguf, tmp_path
+):
+    names = ("FINCH_ENGINE", "FINCH_MODEL", "FINCH_ADAPTER", "FINCH_GGUF", "FINCH_LOAD_IN_4BIT", "FINCH_LLAMA_SERVER")
+    for name in names:
         monkeypatch.delenv(name, raising=False)
+    # setup.sh links its llama-server beside the venv's python (a GGUF Space's build installs one too)
+    installed = shutil.which("llama-server", path=str(Path(sys.executable).parent))
     spec = from_env().resolved()
-    assert spec.engine == "llamacpp" and spec.gguf == str(embedded_gguf)
+    assert spec.gguf == str(embedded_gguf)
+    assert spec.engine == ("llama-server" if installed else "llamacpp")
+    # a python with no llama-server beside it: the GGUF is served in process
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    assert from_env().resolved().engine == "llamacpp"
+    # a server named by FINCH_LLAMA_SERVER is the one taken
+    monkeypatch.setenv("FINCH_LLAMA_SERVER", str(tmp_path / "llama-server"))
+    assert from_env().resolved().engine == "llama-server"
+    # code that needs one engine names it (evaluation, the judge, the benchmarks)
+    assert ModelSpec(engine="llamacpp", gguf=str(embedded_gguf)).resolved().engine == "llamacpp"
 
 
 def test_env_describes_a_space(monkeypatch, tmp_path):

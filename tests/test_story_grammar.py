@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_runtime import ChatService, GenerationParams, ModelSpec
+from chat_runtime import ChatService, GenerationParams
 from chat_runtime.engines.llamacpp_engine import CheckedSampler
 from chat_runtime.story import (
     DRY_MULTIPLIER,
@@ -85,12 +85,8 @@ def test_every_turn_through_llama_cpp_server_is_a_scene_and_real_choices(llama_s
     )
 
 
-def test_every_turn_through_llama_server_is_a_scene_and_real_choices(embedded_gguf, system_prompt):
-    service = ChatService.from_spec(ModelSpec(engine="llama-server", gguf=str(embedded_gguf)))
-    try:
-        needed = tell_openings(service, system_prompt, TITLES)
-    finally:
-        service.engine.server.stop()
+def test_every_turn_through_llama_server_is_a_scene_and_real_choices(llama_server_service, system_prompt):
+    needed = tell_openings(llama_server_service, system_prompt, TITLES)
     # llama-server counts the prompt in the repetition penalty's window, so its turns are other words:
     # on the Zen 4, none of the 20 was cut off by its token limit at 2 threads, 2 at 1 thread (the
     # suite's); each was still a whole turn (every check in tell_openings held).

@@ -3,9 +3,11 @@ an OpenAI-compatible inference server to talk to (vLLM, TGI, llama.cpp's llama-s
 
 On a Space the spec comes from environment variables (set by the deploy command):
   FINCH_ENGINE        auto | transformers | llamacpp | llama-server | server
-                      (auto: a server URL -> server, a GGUF -> llamacpp, else transformers;
+                      (auto: a server URL -> server; a GGUF -> llama-server where llama.cpp's
+                      server is installed, else llamacpp; otherwise transformers.
                       llama-server: the GGUF on llama.cpp's own server, run by the app, several
-                      users at once)
+                      users decoded together; llamacpp: the GGUF in the app's process, one reply
+                      at a time)
   FINCH_MODEL         base model, or a whole fine-tuned one (full or merged): Hub id or local folder
                       (read from the adapter when unset)
   FINCH_ADAPTER       peft adapter (LoRA, prefix tuning, p-tuning): Hub id or local folder
@@ -18,7 +20,8 @@ On a Space the spec comes from environment variables (set by the deploy command)
   FINCH_SERVER_API_KEY  optional bearer key for that server (a Space secret; never logged or shown)
   FINCH_SYSTEM_ROLE   native | fold: how the server's model takes a system prompt (fold: at the start of
                       the first user message, for Gemma 2 and Mistral); local engines read it from the template
-With none of them set, the embedded SmolLM2-135M-Instruct GGUF runs on llama.cpp.
+With none of them set, the embedded SmolLM2-135M-Instruct GGUF runs on llama.cpp (its server where
+installed). Code that needs one engine (evaluation, a judge, benchmarks) names it.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class ModelSpec:
             )
         engine = spec.engine
         if engine == "auto":
-            engine = "llamacpp" if spec.gguf else "transformers"
+            engine = gguf_engine() if spec.gguf else "transformers"
         if engine not in ENGINE_NAMES:
             raise ValueError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINE_NAMES)}")
         if engine in GGUF_ENGINES and not spec.gguf:
@@ -110,6 +113,15 @@ class ModelSpec:
             name = Path(self.gguf).name
             return f"{name}" + (f" + LoRA {Path(self.gguf_lora).name}" if self.gguf_lora else "")
         return f"{self.base}" + (f" + adapter {self.adapter}" if self.adapter else "")
+
+
+def gguf_engine() -> str:
+    """The engine `auto` serves a GGUF on: llama.cpp's server wherever one is installed (setup.sh's
+    build, or a GGUF Space's portable llama-cpp-python), since it decodes several users' replies
+    together; else llama.cpp in the app's process, one reply at a time."""
+    from .engines.llama_server import binary  # here, not above: the engines import this module
+
+    return "llama-server" if binary() else "llamacpp"
 
 
 def _flag(name: str) -> bool:

@@ -48,7 +48,8 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "flagg
 
 
 def space_kind(variables: dict[str, str]) -> str:
-    """Which engine the Space will run: "server", "llamacpp" or "transformers" (as spec.resolved picks)."""
+    """What the Space will run: "server" (an inference server), "llamacpp" (a GGUF on llama.cpp: the
+    server its build installs, as spec.resolved picks) or "transformers"."""
     if variables.get("FINCH_SERVER_URL"):
         return "server"
     return "llamacpp" if variables.get("FINCH_GGUF") else "transformers"

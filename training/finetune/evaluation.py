@@ -165,7 +165,7 @@ def side_specs(args: EvalArgs) -> dict[str, ModelSpec]:
     trust = args.trust_remote_code
     tuned, base = args.adapter, args.base
     if _is_gguf(tuned):
-        finetuned = ModelSpec(gguf=tuned)
+        finetuned = ModelSpec(engine="llamacpp", gguf=tuned)
     elif _is_adapter(tuned):
         finetuned = ModelSpec(
             base=base if base and not _is_gguf(base) else None, adapter=tuned, trust_remote_code=trust
@@ -178,7 +178,9 @@ def side_specs(args: EvalArgs) -> dict[str, ModelSpec]:
             f"{tuned} is not a LoRA adapter, so it does not name its base: give --base "
             "(the model it was fine-tuned from)"
         )
-    base_spec = ModelSpec(gguf=base) if _is_gguf(base) else ModelSpec(base=base, trust_remote_code=trust)
+    base_spec = (
+        ModelSpec(engine="llamacpp", gguf=base) if _is_gguf(base) else ModelSpec(base=base, trust_remote_code=trust)
+    )
     return {"base": base_spec, "finetuned": finetuned}
 
 

@@ -101,8 +101,8 @@ class JudgeSpec:
         if self.gguf in (None, "embedded"):
             from chat_runtime import embedded
 
-            return ModelSpec(gguf=str(embedded.gguf_path()))
-        return ModelSpec(gguf=self.gguf)
+            return ModelSpec(engine="llamacpp", gguf=str(embedded.gguf_path()))
+        return ModelSpec(engine="llamacpp", gguf=self.gguf)
 
 
 class Judge:

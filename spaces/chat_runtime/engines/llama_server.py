@@ -135,9 +135,19 @@ class LlamaServerProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise ValueError(
-            "llama.cpp's server did not start (its last lines below). Check the GGUF, or unset "
-            "FINCH_ENGINE=llama-server to serve it in process:\n" + "\n".join(self.lines)
+        raise ValueError(self._why_not_started())
+
+    def _why_not_started(self) -> str:
+        """What to tell the user, then the server's own last lines."""
+        lines = "\n".join(self.lines)
+        if "failed to load model" in lines:
+            return (
+                "llama.cpp's server could not load the GGUF: the file may be truncated or corrupt (download or "
+                "export it again), or hold a model this llama.cpp cannot run. Its last lines:\n" + lines
+            )
+        return (
+            "llama.cpp's server did not start (its last lines below). Check the GGUF, or set "
+            "FINCH_ENGINE=llamacpp to serve it in process:\n" + lines
         )
 
     def _keep_log(self, process: subprocess.Popen) -> None:
