@@ -142,13 +142,15 @@ FINCH_CACHE="$CACHE" "$VPY" -c "from chat_runtime import embedded; embedded.hf_d
 # A GGUF Space's packages, for the test that installs them offline into a fresh venv as the Space does
 # (tests/test_deploy.py): llama-cpp-python built once from the bundle's own requirement line (built
 # for any x86-64 CPU, so one wheel serves every machine; 12 minutes on 2 cores), and the rest of
-# the bundle's requirements downloaded once beside it.
+# the bundle's requirements downloaded once beside it, with the Gradio a Space installs for its
+# card's `sdk_version`.
 if [ "$WITH_TESTS" = 1 ] && [ "$GPU_SET" = 0 ]; then
   mkdir -p "$CACHE/gguf-space"
   tmp=$(mktemp -d "$CACHE/gguf-space/.new-XXXX")
   "$VPY" -c "import sys; from space_deploy.bundle import GGUF_REQUIREMENTS as r; open(sys.argv[1], 'w').write(r)" \
     "$tmp/requirements.txt"
-  SPACE_WHEELS="$CACHE/gguf-space/$(md5sum <"$tmp/requirements.txt" | cut -c1-12)"
+  echo "gradio==$(sed -n 's/^sdk_version: *//p' chatbot_app/README.md)" >"$tmp/sdk.txt"
+  SPACE_WHEELS="$CACHE/gguf-space/$(cat "$tmp/requirements.txt" "$tmp/sdk.txt" | md5sum | cut -c1-12)"
   grep '^llama-cpp-python' "$tmp/requirements.txt" >"$tmp/llama-cpp-python.txt"
   PORTABLE_DIR="$CACHE/wheels/llama-cpp-python-portable-$(md5sum <"$tmp/llama-cpp-python.txt" | cut -c1-12)"
   if ! ls "$PORTABLE_DIR"/*.whl >/dev/null 2>&1; then
@@ -161,7 +163,7 @@ if [ "$WITH_TESTS" = 1 ] && [ "$GPU_SET" = 0 ]; then
   fi
   if [ ! -d "$SPACE_WHEELS" ]; then
     log "downloading a GGUF Space's other packages (once)"
-    pip_ download --find-links "$PORTABLE_DIR" -r "$tmp/requirements.txt" -d "$tmp/wheels"
+    pip_ download --find-links "$PORTABLE_DIR" -r "$tmp/requirements.txt" -r "$tmp/sdk.txt" -d "$tmp/wheels"
     mv "$tmp" "$SPACE_WHEELS"
   fi
   rm -rf "$tmp"

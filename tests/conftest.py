@@ -409,14 +409,16 @@ def stream_cut():
 
 @pytest.fixture(scope="session")
 def launch_app():
-    """`launch_app(folder, env, log) -> (process, port)`: `python app.py` started in `folder` (an app
-    folder or a Space bundle) on a free port, as a user or a Space runs it. The caller stops it
+    """`launch_app(folder, env, log, python) -> (process, port)`: `python app.py` started in `folder`
+    (an app folder or a Space bundle) on a free port, as a user or a Space runs it. The caller stops it
     (terminate), so a module-scoped server can be shared by that module's tests."""
 
-    def launch(folder: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+    def launch(
+        folder: Path, env: dict[str, str], log: Path, python: str = sys.executable
+    ) -> tuple[subprocess.Popen, int]:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "app.py"],
+            [python, "app.py"],
             cwd=folder,
             stdout=open(log, "w"),
             stderr=subprocess.STDOUT,
@@ -430,6 +432,25 @@ def launch_app():
         return proc, port
 
     return launch
+
+
+def server_child(app_pid: int) -> int:
+    """The pid of the app's llama-server child."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # a process that ended meanwhile
+            continue
+        name, fields = text.split("(", 1)[1].rsplit(")", 1)[0], text.rsplit(")", 1)[1].split()
+        if int(fields[1]) == app_pid and name.startswith("llama-server"):
+            return int(stat.parent.name)
+    raise AssertionError("the app has no llama-server child")
+
+
+@pytest.fixture(scope="session")
+def llama_server_child():
+    """`llama_server_child(app_pid) -> pid` of the llama-server an app started as its child."""
+    return server_child
 
 
 # --- What this environment can run: the CPU set (.venv) or the GPU set less CUDA (.venv-gpu-set) ----

@@ -4,6 +4,8 @@ gradio_client; the Hub call itself is real code that fails cleanly offline."""
 import os
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -130,19 +132,6 @@ params = GenerationParams(temperature=0.0, max_new_tokens=20, repetition_penalty
 print(cpu_variants.load_cpu_variant())
 print(list(service.reply(sys.argv[2], [], sys.argv[3], params))[-1].text)
 """
-# The same with no engine named, as the Space's app runs: llama.cpp's server from that install, the
-# users it decodes together, the CPU code its process has mapped, and a reply.
-SPACE_SERVER = """
-import sys
-from pathlib import Path
-from chat_runtime import ChatService, GenerationParams, ModelSpec
-service = ChatService.from_spec(ModelSpec(gguf=sys.argv[1]))
-params = GenerationParams(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
-maps = Path(f"/proc/{service.engine.server.process.pid}/maps").read_text().split()
-print(service.engine.name, service.max_concurrent)
-print(sorted({Path(m).name for m in maps if "libggml-cpu-" in m}))
-print(list(service.reply(sys.argv[2], [], sys.argv[3], params))[-1].text)
-"""
 
 
 def objdump(library) -> str:
@@ -151,11 +140,15 @@ def objdump(library) -> str:
     ).stdout
 
 
-def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_here(repo_root, tmp_path, embedded_gguf):
+def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_chats_here(
+    repo_root, tmp_path, embedded_gguf, launch_app, llama_server_child
+):
     """The bundle's requirements go into a fresh virtual environment offline, as a Space installs
-    them (llama-cpp-python from the wheel setup.sh built from the bundle's own requirement line), and a
-    quantized GGUF decodes there; the library uses no instruction beyond baseline x86-64 outside its
-    per-CPU variants, and the variant loaded here is never the AMX one gcc 12 miscompiles."""
+    them (llama-cpp-python from the wheel setup.sh built from the bundle's own requirement line), with
+    the Gradio of the card's sdk_version; a quantized GGUF decodes there, and the bundle's app chats
+    through llama.cpp's server from that install with no engine named. The library uses no
+    instruction beyond baseline x86-64 outside its per-CPU variants, and the variant loaded here is
+    never the AMX one gcc 12 miscompiles."""
     import hashlib
 
     from chat_runtime import embedded
@@ -167,7 +160,9 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
     )
     requirements = (bundle / "requirements.txt").read_text()
     assert "-DGGML_NATIVE=OFF;-DGGML_BACKEND_DL=ON;-DGGML_CPU_ALL_VARIANTS=ON" in requirements
-    wheels = embedded.cache_dir() / "gguf-space" / hashlib.md5(requirements.encode()).hexdigest()[:12] / "wheels"
+    sdk = f"gradio=={front_matter(bundle / 'README.md')['sdk_version']}\n"  # what the Space adds for its SDK
+    key = hashlib.md5((requirements + sdk).encode()).hexdigest()[:12]
+    wheels = embedded.cache_dir() / "gguf-space" / key / "wheels"
     assert wheels.is_dir(), "run `bash scripts/setup.sh --test`: it builds and downloads a GGUF Space's packages once"
     venv = tmp_path / "space-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -188,22 +183,35 @@ def test_a_gguf_space_installs_llama_cpp_for_any_x86_cpu_offline_and_decodes_her
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONNOUSERSITE": "1"}
 
-    def in_the_space(code: str, lines: int = 2) -> list[str]:
-        """What `code` prints, run by the Space's python in the bundle on the embedded GGUF: its first
-        lines, the last of them holding the rest (a reply)."""
+    def in_the_space(code: str) -> list[str]:
+        """The two lines `code` prints, run by the Space's python in the bundle on the embedded GGUF."""
         args = [python, "-c", code, str(embedded_gguf), QUESTION, SYSTEM_PROMPT]
         done = subprocess.run(args, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout.split("\n", lines - 1)
+        return done.stdout.split("\n", 1)
 
     variant, reply = in_the_space(SPACE_DECODE)
     assert variant in allowed(variants, cpu_flags()) and variant not in NEVER
     assert "Paris" in reply
-    # by default the Space serves through llama.cpp's server from the same install, several users
-    # at once, on that very CPU code, and it answers
-    engine, mapped, reply = in_the_space(SPACE_SERVER, lines=3)
-    assert engine == "llama-server 4"
-    assert mapped == str([f"libggml-cpu-{variant}.so"]) and "Paris" in reply
+    # The Space's app, with the Gradio its card names, serves through llama.cpp's server from the
+    # same install by default (several users at once), on that very CPU code, and it answers.
+    gradio = subprocess.run([*pip[:-2], sdk.strip()], env=offline, capture_output=True, text=True, timeout=600)
+    assert gradio.returncode == 0, gradio.stderr[-3000:]
+    app_env = {**env, "FINCH_GGUF": str(embedded_gguf), "PYTHONPATH": ""}
+    app, port = launch_app(bundle, app_env, tmp_path / "space.log", python=python)
+    try:
+        from gradio_client import Client
+
+        reply = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            message=QUESTION, system_prompt=SYSTEM_PROMPT, temperature=0, max_new_tokens=20, api_name="/chat"
+        )
+        maps = Path(f"/proc/{llama_server_child(app.pid)}/maps").read_text().split()
+        assert sorted({Path(m).name for m in maps if "libggml-cpu-" in m}) == [f"libggml-cpu-{variant}.so"]
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30).read().decode()
+        assert "Paris" in reply and "llama.cpp server · CPU · 4 at once" in page
+    finally:
+        app.terminate()
+        app.wait(10)
     # and batched prompts decode as token by token there (setup's check of its own builds)
     check = [python, str(repo_root / "scripts" / "check_llama_build.py"), str(embedded_gguf)]
     checked = subprocess.run(check, env={**env, "PYTHONPATH": str(bundle)}, capture_output=True, text=True, timeout=300)

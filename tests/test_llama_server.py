@@ -2,6 +2,7 @@
 Several users at once each get the reply they get alone; Stop ends only that user's reply; a server
 that dies is started again; it never outlives the app; bad setups are refused with what to do."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -87,6 +88,32 @@ def test_a_server_that_died_is_started_again_on_the_next_reply_with_a_notice(ser
     again = service.reply(QUESTIONS[2], [], None, PARAMS)
     assert next(again).notice == ""  # only the reply that found it dead
     again.close()
+
+
+def test_a_new_message_to_a_dead_server_starts_it_again_and_is_answered(served):
+    """A message never seen before first asks the server for its token count: a server found dead
+    there is started again too, and that reply carries the notice."""
+    service, _ = served
+    service.engine.server.process.kill()
+    service.engine.server.process.wait()
+    stream = service.reply("Name a fruit that is red.", [], None, PARAMS)
+    assert next(stream).notice == RESTARTED
+    *_, last = stream
+    assert last.text.strip() and service.engine.server.alive()
+
+
+def test_a_server_that_dies_while_a_request_is_on_its_way_is_started_again(served):
+    """The request reaches the server, which then dies before answering (SIGSTOP holds it, SIGKILL
+    ends it, as the kernel's out-of-memory killer would): the request failed before the app saw the
+    process end, so it is started again and the request sent once more, with the notice."""
+    service, alone = served
+    pid = service.engine.server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+    stream = service.reply(QUESTIONS[3], [], None, PARAMS)
+    assert next(stream).notice == RESTARTED
+    *_, last = stream
+    assert last.text == alone[QUESTIONS[3]] and service.engine.server.process.pid != pid
 
 
 def test_the_server_ends_with_the_app_even_when_the_app_is_killed(embedded_gguf, repo_root):

@@ -80,13 +80,13 @@ def test_eight_concurrent_sessions_each_get_their_own_answer(app, request):
     assert replies == alone
 
 
-def test_a_killed_llama_server_is_started_again_and_the_page_says_so(server_with_slots, page):
+def test_a_killed_llama_server_is_started_again_and_the_page_says_so(server_with_slots, page, llama_server_child):
     """The app's llama-server child killed: the next message in the browser gets its answer, with a
     notice that the server was started again, instead of a page that hangs."""
     from chat_runtime.engines.llama_server import RESTARTED
 
     url, app_pid = server_with_slots
-    child = server_child(app_pid)
+    child = llama_server_child(app_pid)
     os.kill(child, signal.SIGKILL)
     page.goto(url)
     box = page.locator("#chat-input textarea")
@@ -96,20 +96,7 @@ def test_a_killed_llama_server_is_started_again_and_the_page_says_so(server_with
     page.wait_for_function("() => document.querySelectorAll('[data-testid=bot]').length >= 1", timeout=60_000)
     page.locator("button.submit-button").wait_for(state="visible", timeout=60_000)
     assert page.locator("[data-testid=bot]").last.inner_text().strip()  # an answer, after the notice
-    assert server_child(app_pid) != child
-
-
-def server_child(app_pid: int) -> int:
-    """The pid of the app's llama-server child."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # a process that ended meanwhile
-            continue
-        name, fields = text.split("(", 1)[1].rsplit(")", 1)[0], text.rsplit(")", 1)[1].split()
-        if int(fields[1]) == app_pid and name.startswith("llama-server"):
-            return int(stat.parent.name)
-    raise AssertionError("the app has no llama-server child")
+    assert llama_server_child(app_pid) != child
 
 
 def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(server):

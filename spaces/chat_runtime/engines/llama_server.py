@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from .. import limits
+from ..errors import ServerError
 from ..gguf_files import check_gguf_header, resolve_gguf
 from ..params import GenerationParams
 from ..spec import ModelSpec
@@ -48,6 +49,8 @@ DEFAULT_SLOTS = 4
 START_SECONDS = 120.0
 # Lines of the server's own log kept, to say why it would not start.
 LOG_LINES = 40
+# Longest wait, after a request failed unanswered, for the server's process to be seen ending.
+DYING_SECONDS = 2.0
 # What the user whose message found the server dead is told (the reply follows as usual).
 RESTARTED = "The model's server had stopped and was started again; replies being written then were lost."
 
@@ -161,6 +164,14 @@ class LlamaServerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def ended_within(self, seconds: float) -> bool:
+        """Whether the server has ended or ends within `seconds` (a killed process takes a moment)."""
+        try:
+            self.process.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -197,6 +208,7 @@ class LlamaServerEngine(ServerEngine):
         command += ["--lora", lora] if lora else []
         self.server = LlamaServerProcess(command, env, cwd)
         self._restart_lock = threading.Lock()
+        self._restarted = threading.local()  # .notice: RESTARTED for the reply this thread prepares
         url = self.server.start()
         atexit.register(self.server.stop)
         super().__init__(ModelSpec(server_url=url + "/v1", server_model=Path(path).name))
@@ -213,14 +225,32 @@ class LlamaServerEngine(ServerEngine):
             return None
 
     def stream(self, prompt: ChatPrompt, params: GenerationParams, cancel: threading.Event):
-        """As the server engine; a server that has died is started again first, and the reply's
-        pieces then carry a notice saying so."""
-        notice = ""
-        with self._restart_lock:
-            if not self.server.alive():
-                log.warning("llama-server had stopped (exit status %s): starting it again", self.server.process.poll())
-                self.root = self.server.start()
-                notice = RESTARTED
+        """As the server engine; the reply's pieces carry a notice when preparing or sending it
+        found the server ended and started it again."""
         pieces = super().stream(prompt, params, cancel)
-        pieces.notice = notice
+        pieces.notice, self._restarted.notice = getattr(self._restarted, "notice", ""), ""
         return pieces
+
+    def _send(self, method: str, path: str, body: dict, stream: bool = False, probe: bool = False):
+        """Every request to the server (a message's token count, then its reply): a server that has
+        ended is started again first. One that dies as the request goes out (killed, out of memory)
+        fails it unanswered before its process is seen to end; once it has, it is started again and
+        the request sent once more. A server that answered, or is still running: the error stands."""
+        self._start_if_ended()
+        try:
+            return super()._send(method, path, body, stream, probe)
+        except ServerError as err:
+            if err.status is not None or not self.server.ended_within(DYING_SECONDS):
+                raise
+            self._start_if_ended()
+            return super()._send(method, path, body, stream, probe)
+
+    def _start_if_ended(self) -> None:
+        """Start the server again if it has ended; the reply this thread prepares then carries the
+        notice (a ChatService prepares and sends a reply in one thread)."""
+        with self._restart_lock:
+            if self.server.alive():
+                return
+            log.warning("llama-server had stopped (exit status %s): starting it again", self.server.process.poll())
+            self.root = self.server.start()
+            self._restarted.notice = RESTARTED
