@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("gradio_client", reason="Gradio is not in requirements-gpu.txt (a Space installs its own)")
@@ -42,7 +43,10 @@ def server_with_slots(tmp_path_factory, launch_app):
     """The chatbot in its own process with no engine set: llama.cpp's server as its child, 4 slots
     decoding together (the default wherever setup.sh built it): (url, pid)."""
     log = tmp_path_factory.mktemp("load") / "app-llama-server.log"
-    proc, port = launch_app(ROOT / "chatbot_app", {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE)}, log)
+    # A prompt cache that the memory test's 200 short conversations fill (about 45 MiB a hundred
+    # here), so that it sees the memory stop growing where the limit says.
+    env = {"FINCH_QUEUE_SIZE": str(QUEUE_SIZE), "FINCH_PROMPT_CACHE_MIB": "16"}
+    proc, port = launch_app(ROOT / "chatbot_app", env, log)
     yield f"http://127.0.0.1:{port}/", proc.pid
     proc.terminate()
     proc.wait(10)
@@ -78,6 +82,39 @@ def test_eight_concurrent_sessions_each_get_their_own_answer(app, request):
     with ThreadPoolExecutor(len(prompts)) as pool:
         replies = list(pool.map(together, prompts))
     assert replies == alone
+
+
+def test_stop_on_one_user_leaves_the_others_replies_running(server_with_slots, llama_server_child):
+    """Through gradio_client on the app's default engine: one user's long reply is stopped while three
+    others are decoded beside it in the server's slots; each of them still gets their reply alone, and
+    the server stops decoding the stopped one."""
+    url, app_pid = server_with_slots
+    params = dict(temperature=0, max_new_tokens=48)
+    prompts = [f"Tell me about {country}." for country in COUNTRIES[:3]]
+    alone = [ask(url, prompt, **params) for prompt in prompts]
+    long_job = Client(url, verbose=False).submit(
+        message="Write the numbers from 1 to 500, separated by commas.",
+        temperature=0,
+        repetition_penalty=1.0,
+        max_new_tokens=2000,
+        api_name="/chat",
+    )
+    deadline = time.monotonic() + 120
+    while not long_job.outputs():
+        assert time.monotonic() < deadline and not long_job.done(), "the long reply never started"
+        time.sleep(0.05)
+    jobs = [Client(url, verbose=False).submit(message=p, **params, api_name="/chat") for p in prompts]
+    while not all(job.outputs() for job in jobs):  # all three are being decoded beside the long one
+        assert time.monotonic() < deadline and not any(job.done() for job in jobs), "the others never started"
+        time.sleep(0.05)
+    long_job.cancel()  # that user pressed Stop
+    assert [job.result(timeout=120) for job in jobs] == alone
+    command = Path(f"/proc/{llama_server_child(app_pid)}/cmdline").read_text().split("\0")
+    slots = f"http://127.0.0.1:{command[command.index('--port') + 1]}/slots"
+    while any(slot["is_processing"] for slot in httpx.get(slots, timeout=5).json()):
+        assert time.monotonic() < deadline, "the server kept decoding the stopped reply"
+        time.sleep(0.1)
+    assert "500" not in long_job.outputs()[-1]  # it ended where it was stopped
 
 
 def test_a_killed_llama_server_is_started_again_and_the_page_says_so(server_with_slots, page, llama_server_child):
@@ -132,8 +169,14 @@ def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(server):
     assert ask(url, "Say hello.", **GREEDY).strip()  # and the app serves again
 
 
-def test_memory_stays_flat_over_200_requests(server):
-    url, pid = server
+@pytest.mark.parametrize("app", ["server", "server_with_slots"])
+def test_memory_stays_flat_over_200_requests(app, request, llama_server_child):
+    """The app's memory, and its llama-server child's: llama-server keeps the prompts of
+    conversations whose slot went to another user, up to FINCH_PROMPT_CACHE_MIB, and no further."""
+    url, pid = request.getfixturevalue(app)
+
+    def rss_of_app() -> float:
+        return rss_mib(pid) + (rss_mib(llama_server_child(pid)) if app == "server_with_slots" else 0)
 
     def burst(n: int, offset: int) -> None:
         def worker(k: int) -> None:
@@ -148,11 +191,11 @@ def test_memory_stays_flat_over_200_requests(server):
             list(pool.map(worker, range(4)))
 
     burst(20, 0)  # warm-up: caches, first allocations
-    before = rss_mib(pid)
+    before = rss_of_app()
     burst(100, 1000)
-    middle = rss_mib(pid)
+    middle = rss_of_app()
     burst(100, 2000)
-    after = rss_mib(pid)
-    print(f"\nchatbot RSS: {before:.0f} MiB after warm-up, {middle:.0f} after 100 requests, {after:.0f} after 200")
+    after = rss_of_app()
+    print(f"\n{app} RSS: {before:.0f} MiB after warm-up, {middle:.0f} after 100 requests, {after:.0f} after 200")
     assert after - before < 64, f"RSS grew {after - before:.0f} MiB over 200 requests"
     assert after - middle < 32, f"RSS still growing: {middle:.0f} -> {after:.0f} MiB over the last 100 requests"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -13,8 +13,8 @@ def _env_int(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a whole number; unset it or set e.g. {name}={default}") from None
-    if value < 1:
-        raise ValueError(f"{name}={value} must be at least 1")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
     return value
 
 
@@ -42,6 +42,10 @@ DEFAULT_CONTEXT_CAP = 4096
 MAX_CONCURRENT_GENERATIONS = (
     _env_int("FINCH_MAX_CONCURRENT", 1) if os.environ.get("FINCH_MAX_CONCURRENT", "").strip() else None
 )
+# MiB of RAM llama-server may fill with the prompts of conversations whose slot went to another
+# user, so that their next message is not read again from the start (0: none). llama.cpp's own
+# default, 8 GiB, would let a busy Space's memory grow by half of a cpu-basic Space's RAM.
+PROMPT_CACHE_MIB = _env_int("FINCH_PROMPT_CACHE_MIB", 1024, minimum=0)
 # Requests waiting in the app's queue; beyond this a client is told the app is busy.
 QUEUE_SIZE = _env_int("FINCH_QUEUE_SIZE", 16)
 # Longest story title (and genre, tone) the storymaker keeps, in characters; longer ones are cut.

@@ -205,6 +205,7 @@ class LlamaServerEngine(ServerEngine):
         command += ["--model", path, "--host", "127.0.0.1", "--parallel", str(self.max_concurrent)]
         command += ["--ctx-size", str(per_slot * self.max_concurrent), "--threads", str(threads), "--no-webui"]
         command += ["--metrics"]  # Prometheus counters on 127.0.0.1 (tokens decoded, requests), for watching it
+        command += ["--cache-ram", str(limits.PROMPT_CACHE_MIB)]  # memory that stops growing (limits.py)
         command += ["--lora", lora] if lora else []
         self.server = LlamaServerProcess(command, env, cwd)
         self._restart_lock = threading.Lock()
