@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +48,27 @@ def test_bad_values_are_refused_with_what_to_fix(values, fragment):
     with pytest.raises(ValueError) as err:
         validate(**values)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "env, outcome",
+    [
+        ({"FINCH_PROMPT_CACHE_MIB": "0"}, "0"),  # no prompt cache: allowed
+        ({"FINCH_PROMPT_CACHE_MIB": ""}, "1024"),  # blank: the default
+        ({"FINCH_PROMPT_CACHE_MIB": "-1"}, "FINCH_PROMPT_CACHE_MIB=-1 must be at least 0"),
+        (
+            {"FINCH_PROMPT_CACHE_MIB": "1G"},
+            "'1G' is not a whole number; unset it or set e.g. FINCH_PROMPT_CACHE_MIB=1024",
+        ),
+        ({"FINCH_QUEUE_SIZE": "0"}, "FINCH_QUEUE_SIZE=0 must be at least 1"),
+    ],
+)
+def test_limits_from_the_environment_are_checked_with_what_to_set(env, outcome, repo_root):
+    """A Space variable set wrong stops the app at start with what to set, not later mid-reply."""
+    code = "from chat_runtime import limits; print(limits.PROMPT_CACHE_MIB)"
+    env = {**os.environ, "PYTHONPATH": str(repo_root / "spaces"), **env}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    if outcome.isdigit():  # taken: the value the runtime uses
+        assert done.returncode == 0 and done.stdout.strip() == outcome, done.stderr[-2000:]
+    else:  # refused at start, saying what to set
+        assert done.returncode != 0 and outcome in done.stderr
