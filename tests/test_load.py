@@ -136,20 +136,26 @@ def test_a_killed_llama_server_is_started_again_and_the_page_says_so(server_with
     assert llama_server_child(app_pid) != child
 
 
-def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(server):
-    url, _ = server
-    clients = [Client(url, verbose=False) for _ in range(QUEUE_SIZE + 1)]  # connected before the slot is taken
-    # Greedy counting to 500 runs for ~1,000 tokens without an EOS: the slot stays taken while the queue fills.
-    long_job = Client(url, verbose=False).submit(
-        message="Write the numbers from 1 to 500, separated by commas.",
-        temperature=0,
-        repetition_penalty=1.0,
-        max_new_tokens=2000,
-        api_name="/chat",
-    )
+@pytest.mark.parametrize("app, slots", [("server", 1), ("server_with_slots", 4)])
+def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(app, slots, request):
+    """Every generation slot taken (1 in process, llama-server's 4), the queue filled: one more
+    client hears at once that the app is busy; Stop drains it all and the app serves again."""
+    url, _ = request.getfixturevalue(app)
+    clients = [Client(url, verbose=False) for _ in range(QUEUE_SIZE + 1)]  # connected before the slots are taken
+    # Greedy counting to 500 runs for ~1,000 tokens without an EOS: the slots stay taken while the queue fills.
+    long_jobs = [
+        Client(url, verbose=False).submit(
+            message="Write the numbers from 1 to 500, separated by commas.",
+            temperature=0,
+            repetition_penalty=1.0,
+            max_new_tokens=2000,
+            api_name="/chat",
+        )
+        for _ in range(slots)
+    ]
     deadline = time.monotonic() + 120
-    while not long_job.outputs():  # it holds the one generation slot
-        assert time.monotonic() < deadline and not long_job.done(), "the long reply never started"
+    while not all(job.outputs() for job in long_jobs):  # they hold every generation slot
+        assert time.monotonic() < deadline and not any(job.done() for job in long_jobs), "a long reply never started"
         time.sleep(0.05)
     waiting = [
         client.submit(message=f"Name a city in {country}.", temperature=0, max_new_tokens=2, api_name="/chat")
@@ -162,8 +168,11 @@ def test_a_client_beyond_the_queue_bound_is_told_the_app_is_busy(server):
     with pytest.raises(QueueError, match="Queue is full! Please try again."):
         clients[-1].predict(message="Hello?", **GREEDY, api_name="/chat")
     assert time.monotonic() - started < 15, "a refused client must hear so at once, not hang"
-    assert not long_job.done(), "the long reply ended early: the queue was not full for the right reason"
-    long_job.cancel()  # Stop: the slot frees and the queue drains
+    assert not any(job.done() for job in long_jobs), (
+        "a long reply ended early: the queue was not full for the right reason"
+    )
+    for job in long_jobs:
+        job.cancel()  # Stop: the slots free and the queue drains
     for job in waiting:
         assert isinstance(job.result(timeout=120), str)
     assert ask(url, "Say hello.", **GREEDY).strip()  # and the app serves again
