@@ -1,14 +1,15 @@
-"""Time to first token at turn 10 of a chat against turn 1, on the in-process llama.cpp engine and
-through a llama.cpp server: a follow-up must reuse the conversation already in the KV cache.
+"""Time to first token at turn 10 of a chat against turn 1, through llama.cpp's llama-server as the
+app runs it (its default for a GGUF), on the in-process llama.cpp engine, and through
+llama-cpp-python's server: a follow-up must reuse the conversation already in the KV cache.
 
     .venv/bin/python bench/long_chat.py            # embedded GGUF, 10 turns of up to 128 tokens, 3 chats
     .venv/bin/python bench/long_chat.py --quick    # smoke run: 3 turns of 16 tokens, 1 chat
 
 Each chat is real: every reply is generated greedily and goes into the next turn's history, so by
-turn 10 the prompt holds about 1,500 tokens. The server is llama-cpp-python's
-`python -m llama_cpp.server` on the same GGUF and threads, which keeps the longest common prefix
-of the previous request (llama.cpp's llama-server does the same with `cache_prompt`, its default).
-Chats alternate between the engines. Target: turn 10's first token within 2x turn 1's.
+turn 10 the prompt holds about 1,500 tokens. llama-server (4 slots, as the app starts it) keeps
+each slot's last conversation and gives a follow-up the slot holding most of it (`cache_prompt`,
+its default); llama-cpp-python's `python -m llama_cpp.server`, on the same GGUF and threads, keeps
+the longest common prefix of the previous request. Chats alternate between the engines. Target: turn 10's first token within 2x turn 1's.
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ def main() -> None:
         args.turns, args.max_new_tokens, args.reps = 3, 16, 1
     gguf = args.gguf or str(embedded.gguf_path())
     os.environ["FINCH_THREADS"] = str(args.threads)
-    benchlib.header(f"time to first token, turn {args.turns} vs turn 1 of a chat, in process and through a server")
+    benchlib.header(
+        f"time to first token, turn {args.turns} vs turn 1 of a chat, through llama-server, in process, through a server"
+    )
     with llama_cpp_server(gguf, args.threads) as url:
         services = {
+            "llama-server": ChatService.from_spec(ModelSpec(engine="llama-server", gguf=gguf)),
             "in process": ChatService.from_spec(ModelSpec(engine="llamacpp", gguf=gguf)),
             "server": ChatService.from_spec(ModelSpec(server_url=url, server_model="bench")),
         }
