@@ -60,6 +60,23 @@ def test_several_users_at_once_each_get_the_reply_they_get_alone(served):
     assert most > 1, "the server decoded several replies together"
 
 
+def test_the_server_answers_as_in_process_at_temperature_zero(served, llamacpp_service):
+    """The same GGUF on both llama.cpp paths gives the same greedy reply (without the repetition
+    penalty, whose window llama-server also fills with the prompt). With llama.cpp's flash
+    attention, which its server turns on by itself, the chatbot's own first example began "La
+    femme" instead of "The capital of France is Paris." here."""
+    service, _ = served
+    system = "You are a helpful, friendly assistant. Answer clearly and briefly."  # the chatbot's
+    params = GenerationParams(temperature=0.0, max_new_tokens=32, repetition_penalty=1.0)
+    replies = {}
+    for question in ["What is the capital of France?", "Write a haiku about the sea.", *QUESTIONS[1:3]]:
+        *_, through_server = service.reply(question, [], system, params)
+        *_, in_process = llamacpp_service.reply(question, [], system, params)
+        assert through_server.text == in_process.text, question
+        replies[question] = through_server.text
+    assert "Paris" in replies["What is the capital of France?"]
+
+
 def test_stop_ends_only_that_users_reply(served):
     service, alone = served
     stopped = service.reply(QUESTIONS[0], [], None, GenerationParams(temperature=0.0, max_new_tokens=400))

@@ -206,6 +206,10 @@ class LlamaServerEngine(ServerEngine):
         command += ["--ctx-size", str(per_slot * self.max_concurrent), "--threads", str(threads), "--no-webui"]
         command += ["--metrics"]  # Prometheus counters on 127.0.0.1 (tokens decoded, requests), for watching it
         command += ["--cache-ram", str(limits.PROMPT_CACHE_MIB)]  # memory that stops growing (limits.py)
+        # Attention as in process (llama-cpp-python's default): llama.cpp's flash attention, which its
+        # server turns on by itself, keeps its sums in 16-bit on a CPU, and that moved the embedded
+        # model's first token of the chatbot's own first example from "The" to "La" (a near tie).
+        command += ["--flash-attn", "off"]
         command += ["--lora", lora] if lora else []
         self.server = LlamaServerProcess(command, env, cwd)
         self._restart_lock = threading.Lock()
