@@ -259,7 +259,7 @@ def load_app(app_file: Path, module_name: str, engine: str = "llamacpp"):
 
     In process by default: the tests of the apps read the prompts their engine was given
     (`engine.llm`). What a user gets by default, llama.cpp's server, is started as `python app.py`
-    in test_load and test_llama_server."""
+    in test_load and test_deploy."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(module_name, app_file)
