@@ -77,6 +77,21 @@ def test_the_server_answers_as_in_process_at_temperature_zero(served, llamacpp_s
     assert "Paris" in replies["What is the capital of France?"]
 
 
+def test_retry_at_temperature_zero_repeats_the_reply_through_the_server(served):
+    """Retry of a first turn and of a follow-up gives the same reply, token for token. Before the
+    prompt was read whole ahead of each reply, the follow-up here began "There are many more colours"
+    and its Retry "This applies to many different types" (a near tie read two ways)."""
+    service, _ = served
+    params = GenerationParams(temperature=0.0, max_new_tokens=48)  # the default repetition penalty
+    system = "You are a helpful assistant."
+    history = []
+    for message in ["Name three colours.", "Why?"]:
+        *_, first = service.reply(message, history, system, params)
+        *_, again = service.reply(message, history, system, params)  # Retry
+        assert first.text and again.text == first.text, message
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": first.text}]
+
+
 def test_stop_ends_only_that_users_reply(served):
     service, alone = served
     stopped = service.reply(QUESTIONS[0], [], None, GenerationParams(temperature=0.0, max_new_tokens=400))

@@ -182,6 +182,42 @@ class LlamaServerProcess:
                 self.process.wait()
 
 
+class Slots:
+    """Which of the server's slots each running reply is pinned to: a free one, the one holding the
+    longest start of the reply's conversation, so that a follow-up finds its prefix in that slot's
+    KV cache (as the server itself would choose, but fixed for both of the reply's requests)."""
+
+    def __init__(self, count: int):
+        self.held: list[list] = [[] for _ in range(count)]  # each slot's last prompt, as messages
+        self.busy: set[int] = set()
+        self.changed = threading.Condition()
+
+    def take(self, messages: list) -> int:
+        with self.changed:
+            while len(self.busy) == len(self.held):  # never, while ChatService lets `count` replies run
+                self.changed.wait()
+            free = [slot for slot in range(len(self.held)) if slot not in self.busy]
+            slot = max(free, key=lambda k: _shared_start(self.held[k], messages))
+            self.busy.add(slot)
+            self.held[slot] = list(messages)
+            return slot
+
+    def give_back(self, slot: int) -> None:
+        with self.changed:
+            self.busy.discard(slot)
+            self.changed.notify()
+
+
+def _shared_start(held: list, messages: list) -> int:
+    """How many messages two conversations share from their start."""
+    shared = 0
+    for a, b in zip(held, messages):
+        if a != b:
+            break
+        shared += 1
+    return shared
+
+
 class LlamaServerEngine(ServerEngine):
     """A GGUF served by a llama-server child of the app, with parallel slots."""
 
@@ -214,6 +250,7 @@ class LlamaServerEngine(ServerEngine):
         self.server = LlamaServerProcess(command, env, cwd)
         self._restart_lock = threading.Lock()
         self._restarted = threading.local()  # .notice: RESTARTED for the reply this thread prepares
+        self._slots = Slots(self.max_concurrent)
         url = self.server.start()
         atexit.register(self.server.stop)
         super().__init__(ModelSpec(server_url=url + "/v1", server_model=Path(path).name))
@@ -230,9 +267,24 @@ class LlamaServerEngine(ServerEngine):
             return None
 
     def stream(self, prompt: ChatPrompt, params: GenerationParams, cancel: threading.Event):
-        """As the server engine; the reply's pieces carry a notice when preparing or sending it
-        found the server ended and started it again."""
-        pieces = super().stream(prompt, params, cancel)
+        """As the server engine, on one slot of the server from the prompt to the reply's end; the
+        reply's pieces carry a notice when preparing or sending it found the server ended and
+        started it again.
+
+        The prompt is read whole first (a request for no new tokens), so that the reply's request
+        finds it held and reads its last token again alone. A Retry does the same, so at temperature 0
+        it repeats the reply exactly: read in a batch with the rest of the message, that last token
+        can come out of the arithmetic a hair apart, and a near tie then flips (1 of 20 Retries on
+        the embedded model did, before)."""
+        body = self._body(prompt, params)
+        body["id_slot"] = slot = self._slots.take(prompt.messages)
+        try:
+            self._send("POST", "/v1/chat/completions", {**body, "stream": False, "max_tokens": 0}).close()
+            pieces = self._stream(body, cancel)
+        except BaseException:
+            self._slots.give_back(slot)
+            raise
+        pieces.on_close = lambda: self._slots.give_back(slot)
         pieces.notice, self._restarted.notice = getattr(self._restarted, "notice", ""), ""
         return pieces
 

@@ -159,6 +159,10 @@ class ServerEngine:
     def stream(self, prompt: ChatPrompt, params: GenerationParams, cancel: threading.Event) -> Iterator[str]:
         """Send the request now (so a down server or an error status is raised before any text) and
         return the reply's pieces; closing them closes the connection, and the server stops."""
+        return self._stream(self._body(prompt, params), cancel)
+
+    def _body(self, prompt: ChatPrompt, params: GenerationParams) -> dict:
+        """The chat completion request for a prompt and the user's settings."""
         body = {
             "model": self.model,
             "messages": prompt.messages,
@@ -184,6 +188,10 @@ class ServerEngine:
         dry_fields = DRY_FIELDS.get(self._family()) if params.dry_multiplier else None
         if dry_fields:
             body.update(dry_fields(params.dry_multiplier))
+        return body
+
+    def _stream(self, body: dict, cancel: threading.Event) -> "_Pieces":
+        """The reply's pieces for a request body, sent now."""
         try:
             return self._open_reply(body, cancel)
         except httpx.TransportError as err:
@@ -316,6 +324,7 @@ class _Pieces:
     A class, not a generator, so `close()` drops the connection even before the first piece."""
 
     notice = ""  # what the user should know of before this reply (llama-server: it was restarted)
+    on_close = None  # called once when the reply is closed (llama-server: its slot is free again)
 
     def __init__(self, response: httpx.Response, cancel: threading.Event, fail):
         self.response, self.cancel, self.fail = response, cancel, fail
@@ -337,6 +346,9 @@ class _Pieces:
     def close(self) -> None:
         self._pieces.close()
         self.response.close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
     def _read(self) -> Iterator[str]:
         finished = started = False
