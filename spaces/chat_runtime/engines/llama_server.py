@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Replies decoded together when FINCH_MAX_CONCURRENT is not set; each slot holds a whole context of
 # KV cache. On 2 cores (bench/concurrent_users.py, 1B q4_k_m) 4 users together decode at 1.3-1.5x
-# one user's tokens/s and each sees a first token within 0.6 s; more slots would only share the
+# one user's tokens/s and each sees a first token within 0.8 s; more slots would only share the
 # same arithmetic more thinly.
 DEFAULT_SLOTS = 4
 # Longest wait for the server to load its model (a 1B q4_k_m loads in a few seconds here).
