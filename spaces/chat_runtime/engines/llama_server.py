@@ -94,11 +94,13 @@ def _free_port() -> int:
 
 
 def _die_with_the_app() -> None:
-    """In the child, before it runs: Linux sends it SIGTERM when the app's process ends, even by
-    SIGKILL, so no server outlives its app (prctl PR_SET_PDEATHSIG)."""
+    """In the child, before it runs: Linux kills it when the app's process ends, even by SIGKILL, so
+    no server outlives its app (prctl PR_SET_PDEATHSIG). SIGKILL, not SIGTERM: llama-server's own
+    SIGTERM handler can hang in its shutdown (one did, for 33 minutes, after a test's app ended),
+    and the server holds nothing that must be saved."""
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 class LlamaServerProcess:
